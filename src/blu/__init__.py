@@ -1,0 +1,19 @@
+"""blu: train a small Llama-style language model on one text file and generate from it.
+
+    import blu
+    run = blu.load("runs/tinyshakespeare")
+    for piece in run.generate("ROMEO:", max_new_tokens=200, seed=0):
+        print(piece, end="")
+"""
+
+__version__ = "0.1.0"
+
+
+def load(run_dir, device: str = "cpu"):
+    """The best model of a run folder, as a `blu.generate.TextGenerator`
+    (`.generate(prompt, ...)`, `.model`, `.tokenizer`)."""
+    from .checkpoint import load_run
+    from .generate import TextGenerator
+
+    meta, model, tokenizer = load_run(run_dir, device)
+    return TextGenerator(model, tokenizer, meta)

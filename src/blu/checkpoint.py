@@ -1,0 +1,192 @@
+"""Run folders: reading and writing them, atomically, as safetensors and JSON.
+
+    config.json        model and training configuration, data source, blu version
+    tokenizer.json     the vocabulary
+    model.safetensors  best weights so far (by validation loss)
+    last/state.safetensors
+                       the latest full state for --resume: weights, optimizer
+                       moments and RNG states as tensors, with step, tokens,
+                       elapsed time and best loss as JSON in the file's metadata
+                       (one file, so a single atomic rename keeps it consistent)
+    metrics.jsonl, loss.png, samples.txt
+
+No pickle anywhere: loading a run folder never executes code from it.
+"""
+
+import json
+import os
+from pathlib import Path
+import tempfile
+
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save as safetensors_bytes
+import torch
+
+from . import __version__
+from .config import ModelConfig, TrainConfig, from_dict
+from .errors import BluError
+from .model import Transformer
+from .tokenizer import CharTokenizer
+
+FORMAT = 1  # bump when a run folder written by this version cannot be read by an older one
+RUN_FILES = ("config.json", "tokenizer.json", "model.safetensors", "last", "metrics.jsonl", "loss.png", "samples.txt")
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write to a temporary file, fsync, then rename: a crash leaves the old file or the new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        os.fchmod(fd, 0o644)  # mkstemp makes files private; run folders are ordinary files
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def holds_run(run_dir: Path) -> bool:
+    return (Path(run_dir) / "config.json").exists()
+
+
+def clear_run(run_dir: Path) -> None:
+    """Remove the files of a previous run (for --force), leaving anything else in the folder."""
+    for name in RUN_FILES:
+        path = Path(run_dir) / name
+        if path.is_dir():
+            for child in path.iterdir():
+                child.unlink()
+            path.rmdir()
+        elif path.exists():
+            path.unlink()
+
+
+def save_config(run_dir: Path, meta: dict, tokenizer: CharTokenizer) -> None:
+    meta = {"blu_version": __version__, "format": FORMAT, **meta}
+    atomic_write(Path(run_dir) / "config.json", json.dumps(meta, indent=2).encode())
+    atomic_write(Path(run_dir) / "tokenizer.json", tokenizer.to_json().encode())
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BluError(f"{path.parent} is not a blu run folder: {path.name} is missing") from None
+    except (ValueError, OSError) as error:
+        raise BluError(f"{path} is unreadable or corrupt ({error})") from None
+
+
+def load_config(run_dir: Path) -> tuple[dict, ModelConfig, TrainConfig, CharTokenizer]:
+    """config.json and tokenizer.json of a run, validated."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise BluError(f"{run_dir}: no such run folder")
+    meta = _read_json(run_dir / "config.json")
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise BluError(
+            f"{run_dir} was written by blu {meta.get('blu_version', '?') if isinstance(meta, dict) else '?'} "
+            f"in a format this blu ({__version__}) cannot read"
+        )
+    try:
+        tokenizer = CharTokenizer.from_json((run_dir / "tokenizer.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BluError(f"{run_dir} is not a blu run folder: tokenizer.json is missing") from None
+    model_config = from_dict(ModelConfig, meta.get("model"))
+    model_config.validate()
+    if model_config.vocab_size != tokenizer.vocab_size:
+        raise BluError(f"{run_dir}: config.json and tokenizer.json disagree on the vocabulary size")
+    return meta, model_config, from_dict(TrainConfig, meta.get("train")), tokenizer
+
+
+def model_tensors(model: Transformer, prefix: str = "") -> dict:
+    """The weights to save; a tied output head is the embedding and is stored once."""
+    tied = model.config.tie_embeddings
+    return {prefix + k: v.detach().contiguous() for k, v in model.state_dict().items() if not (tied and k == "output.weight")}
+
+
+def save_model(path: Path, model: Transformer) -> None:
+    atomic_write(path, safetensors_bytes(model_tensors(model), metadata={"format": "pt"}))
+
+
+def _read_tensors(path: Path, expected: dict, prefix: str = "", device="cpu") -> tuple[dict, dict]:
+    """Tensors whose names start with `prefix`, after checking names and shapes against `expected`
+    (a name -> shape map) before anything is loaded; plus the file's metadata."""
+    try:
+        with safe_open(path, framework="pt", device=str(device)) as f:
+            names = [k for k in f.keys() if k.startswith(prefix)]
+            for name in names:
+                shape = tuple(f.get_slice(name).get_shape())
+                key = name[len(prefix):]
+                if key in expected and tuple(expected[key]) != shape:
+                    raise BluError(f"{path}: tensor {key} has shape {shape}, the configuration says {tuple(expected[key])}")
+            missing = sorted(set(expected) - {n[len(prefix):] for n in names})
+            if missing:
+                raise BluError(f"{path} is incomplete: missing {', '.join(missing[:3])}")
+            return {n[len(prefix):]: f.get_tensor(n) for n in names}, f.metadata() or {}
+    except FileNotFoundError:
+        raise BluError(f"{path} is missing") from None
+    except (SafetensorError, OSError, ValueError) as error:
+        raise BluError(f"{path} is truncated or corrupt ({error})") from None
+
+
+def load_weights(model: Transformer, path: Path, prefix: str = "") -> dict:
+    """Load weights saved by `save_model` (or under `prefix` in a state file); returns the file's metadata."""
+    expected = {k: v.shape for k, v in model_tensors(model).items()}
+    tensors, metadata = _read_tensors(path, expected, prefix)
+    model.load_state_dict({k: tensors[k] for k in expected}, strict=False)
+    return metadata
+
+
+def load_run(run_dir, device="cpu") -> tuple[dict, Transformer, CharTokenizer]:
+    """The best weights of a run, ready for generation or evaluation."""
+    meta, model_config, _, tokenizer = load_config(run_dir)
+    model = Transformer(model_config)
+    load_weights(model, Path(run_dir) / "model.safetensors")
+    return meta, model.to(device).eval(), tokenizer
+
+
+def _optimizer_names(optimizer, model) -> list[str]:
+    names = {id(p): n for n, p in model.named_parameters()}
+    return [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
+
+
+def save_last(run_dir: Path, model, optimizer, generators: dict, state: dict) -> None:
+    """The full training state, in one file so that it is replaced atomically."""
+    tensors = model_tensors(model, prefix="model.")
+    names = _optimizer_names(optimizer, model)
+    for index, per_param in optimizer.state_dict()["state"].items():
+        for key, value in per_param.items():
+            name = names[index]
+            tensors[f"optimizer.{name}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
+    for name, generator in generators.items():
+        tensors[f"rng.{name}"] = generator.get_state()
+    data = safetensors_bytes(tensors, metadata={"state": json.dumps(state)})
+    atomic_write(Path(run_dir) / "last" / "state.safetensors", data)
+
+
+def load_last(run_dir: Path, model, optimizer, generators: dict) -> dict:
+    """Restore what `save_last` wrote into `model`, `optimizer` and `generators`; return the JSON state."""
+    path = Path(run_dir) / "last" / "state.safetensors"
+    if not path.exists():
+        raise BluError(f"{run_dir} has no saved training state (last/state.safetensors) to resume from")
+    metadata = load_weights(model, path, prefix="model.")
+    tensors, _ = _read_tensors(path, {}, prefix="optimizer.")
+    order = _optimizer_names(optimizer, model)
+    per_param = {}
+    for key, value in tensors.items():
+        name, field_name = key.rsplit(".", 1)
+        if name not in order:
+            raise BluError(f"{path}: optimizer state for unknown parameter {name}")
+        per_param.setdefault(order.index(name), {})[field_name] = value
+    optimizer.load_state_dict({"state": per_param, "param_groups": optimizer.state_dict()["param_groups"]})
+    rng, _ = _read_tensors(path, {name: generator.get_state().shape for name, generator in generators.items()}, prefix="rng.")
+    for name, generator in generators.items():
+        generator.set_state(rng[name])
+    try:
+        return json.loads(metadata["state"])
+    except (KeyError, ValueError):
+        raise BluError(f"{path} has no readable training state in its metadata") from None

@@ -1,0 +1,228 @@
+"""The `blu` command: argument parsing and printing, nothing else.
+
+Problems the user can fix print one line on stderr and exit with code 2.
+Generated text is the only thing written to stdout."""
+
+import argparse
+from dataclasses import replace
+import json
+import math
+from pathlib import Path
+import sys
+
+from . import __version__
+from .config import PRESETS, ModelConfig, TrainConfig, knobs, parse_duration, to_dict, with_overrides
+from .errors import BluError
+
+SEED_PROMPTS = ("ROMEO: ", "HAMLET: To be, or not to be,", "Once upon a time", "The king")
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):
+        # One line, exit code 2, as for every other bad input.
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show defaults, except where there is none or the help already says it."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False) or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _duration(text):
+    try:
+        return parse_duration(text)
+    except BluError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _add_config_flags(parser, cls, section):
+    group = parser.add_argument_group(f"{section} (default: the preset's value)")
+    for f in knobs(cls):
+        per_preset = ", ".join(f"{name}: {getattr(getattr(p, section), f.name)}" for name, p in PRESETS.items())
+        flag = "--" + f.name.replace("_", "-")
+        if f.type is bool:
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                               help=f"{f.metadata['help']} ({per_preset})")
+        else:
+            group.add_argument(flag, type=f.type, default=None, metavar="N", help=f"{f.metadata['help']} ({per_preset})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="blu", description="Train a small Llama-style language model on a text file and generate from it.")
+    parser.add_argument("--version", action="version", version=f"blu {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    fmt = HelpFormatter
+
+    train = commands.add_parser("train", help="train a model (tiny Shakespeare by default)", formatter_class=fmt)
+    train.add_argument("--data", help="UTF-8 text file to train on (default: tiny Shakespeare, downloaded once)")
+    train.add_argument("--out", help="run folder (default: runs/<name of the data file>)")
+    train.add_argument("--preset", choices=sorted(PRESETS), help="configuration (default: gpu on CUDA, cpu otherwise)")
+    train.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
+                       help="auto = CUDA (bf16), then MPS, then CPU")
+    train.add_argument("--iters", type=int, help="optimizer steps (default: the preset's, when --time is not given)")
+    train.add_argument("--time", type=_duration, help="wall-clock budget: seconds or 90s, 10m, 1h")
+    train.add_argument("--seed", type=int, help="random seed for initialisation and batches (default 1337)")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out from its last saved state")
+    train.add_argument("--force", action="store_true", help="replace a run already in --out")
+    _add_config_flags(train, ModelConfig, "model")
+    _add_config_flags(train, TrainConfig, "train")
+
+    gen = commands.add_parser("generate", help="generate text from a trained run", formatter_class=fmt)
+    gen.add_argument("--run", required=True, help="run folder")
+    gen.add_argument("--prompt", help="text to continue (default: the original Blu's four sample prompts)")
+    gen.add_argument("--max-new-tokens", type=int, default=500)
+    gen.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    gen.add_argument("--top-k", type=int, default=0, help="keep the k likeliest tokens (0 = off)")
+    gen.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling mass (1 = off)")
+    gen.add_argument("--seed", type=int, help="same seed, same text (default: random)")
+    gen.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"], help="where to run the model")
+
+    ev = commands.add_parser("eval", help="validation loss and bits per character", formatter_class=fmt)
+    ev.add_argument("--run", required=True, help="run folder")
+    ev.add_argument("--data", help="score this text file instead of the run's validation split")
+    ev.add_argument("--json", action="store_true", help="print one JSON object")
+    ev.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="where to run the model")
+
+    exp = commands.add_parser("export", help="export a run for other tools", formatter_class=fmt)
+    exp.add_argument("--run", required=True, help="run folder")
+    exp.add_argument("--format", default="hf", choices=["hf"], help="hf = Hugging Face transformers (LlamaForCausalLM)")
+    exp.add_argument("--out", required=True, help="folder to write")
+    return parser
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def cmd_train(args) -> int:
+    from .checkpoint import clear_run, holds_run, load_config, save_config
+    from .data import load_text, sha256_of, split
+    from .model import Transformer
+    from .tokenizer import CharTokenizer
+    from .train import pick_device, train
+
+    device = pick_device(args.device)
+    budget = {"iters": args.iters, "time_s": args.time}
+    if args.iters is not None and args.iters < 1:
+        raise BluError(f"--iters must be at least 1, got {args.iters}")
+    if args.resume:
+        if not args.out:
+            raise BluError("--resume needs --out, the run folder to continue")
+        out = Path(args.out)
+        meta, model_config, train_config, tokenizer = load_config(out)
+        if args.iters is not None or args.time is not None:  # a new budget replaces the saved one
+            train_config = replace(train_config, iters=args.iters or 0, time_s=args.time or 0.0)
+        text, path = load_text(meta["data"]["path"], meta["data"]["sha256"])
+    else:
+        text, path = load_text(args.data)
+        out = Path(args.out or Path("runs") / path.stem)
+        if holds_run(out) and not args.force:
+            raise BluError(f"{out} already holds a run: add --resume to continue it, --force to replace it, or choose another --out")
+        preset_name = args.preset or ("gpu" if device.type == "cuda" else "cpu")
+        preset = PRESETS[preset_name]
+        tokenizer = CharTokenizer.from_text(text)
+        overrides = vars(args)
+        model_config = replace(with_overrides(preset.model, overrides), vocab_size=tokenizer.vocab_size)
+        if args.iters is None and args.time is None:
+            budget["iters"] = preset.default_iters
+        train_config = replace(with_overrides(preset.train, overrides),
+                               iters=budget["iters"] or 0, time_s=budget["time_s"] or 0.0)
+        model_config.validate()
+        train_config.validate()
+        if args.force:
+            clear_run(out)
+        meta = {"preset": preset_name, "model": to_dict(model_config), "train": to_dict(train_config),
+                "data": {"path": str(path.resolve()) if args.data else None, "sha256": sha256_of(text.encode("utf-8")),
+                         "chars": len(text)}}
+    train_config.validate()
+    tokens, _ = tokenizer.encode_array(text)
+    train_tokens, val_tokens = split(tokens, model_config.context, str(path))
+    if not args.resume:
+        save_config(out, meta, tokenizer)
+    n_params = Transformer(model_config).num_parameters()
+    budget_text = " and ".join(filter(None, [f"{train_config.iters} steps" if train_config.iters else "",
+                                             f"{train_config.time_s:g} s" if train_config.time_s else ""]))
+    say(f"blu {__version__}: {meta['preset']} preset, {n_params / 1e6:.2f}M parameters, vocabulary {tokenizer.vocab_size}, "
+        f"{len(train_tokens):,} train / {len(val_tokens):,} validation tokens, {device.type}, budget {budget_text}, run folder {out}")
+    state = train(out, model_config, train_config, tokenizer, train_tokens, val_tokens, device, resume=args.resume)
+    say(f"best val_loss {state['best_val_loss']:.4f} nats/char ({state['best_val_loss'] / math.log(2):.3f} bpc) "
+        f"after {state['step']} steps, {state['elapsed_s']:.0f} s; try: blu generate --run {out}")
+    return 130 if state["interrupted"] else 0
+
+
+def cmd_generate(args) -> int:
+    from . import load
+    from .train import pick_device
+
+    if args.max_new_tokens < 0:
+        raise BluError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
+    run = load(args.run, pick_device(args.device))
+    if args.prompt is not None:
+        prompts = [args.prompt]
+    else:
+        prompts = [p for p in SEED_PROMPTS if not run.unknown_chars(p)] or [""]
+    for i, prompt in enumerate(prompts):
+        unknown = run.unknown_chars(prompt)
+        if unknown:
+            say(f"blu: dropping prompt characters the model never saw: {''.join(unknown)!r}")
+        seed = None if args.seed is None else args.seed + i
+        pieces = run.generate(prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p, seed)
+        sys.stdout.write(("\n\n" if i else "") + prompt)
+        for piece in pieces:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+    sys.stdout.write("\n")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .checkpoint import load_run
+    from .data import load_text, split
+    from .train import evaluate, pick_device
+
+    meta, model, tokenizer = load_run(args.run, pick_device(args.device))
+    if args.data:
+        text, _ = load_text(args.data)
+        tokens, n_unknown = tokenizer.encode_array(text)
+        if n_unknown:
+            say(f"blu: {n_unknown} characters of {args.data} are not in the vocabulary; they are scored as <unk>")
+        if len(tokens) < 2:
+            raise BluError(f"{args.data} is too short to score: it needs at least 2 characters")
+    else:
+        text, path = load_text(meta["data"]["path"], meta["data"]["sha256"])
+        _, tokens = split(tokenizer.encode_array(text)[0], model.config.context, str(path))
+    loss, count = evaluate(model, tokens)
+    result = {"val_loss": loss, "val_bpc": loss / math.log(2), "tokens": count}
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"val_loss {loss:.4f} nats/char, val_bpc {result['val_bpc']:.4f}, over {count:,} tokens")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .export import export_hf
+
+    out = export_hf(args.run, args.out)
+    say(f"exported {args.run} to {out} (load it with transformers.AutoModelForCausalLM.from_pretrained)")
+    return 0
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    command = {"train": cmd_train, "generate": cmd_generate, "eval": cmd_eval, "export": cmd_export}[args.command]
+    try:
+        return command(args)
+    except BluError as error:
+        say(f"blu: error: {error}")
+        return 2
+    except BrokenPipeError:  # e.g. `blu generate ... | head`
+        sys.stderr.close()
+        return 0
+    except KeyboardInterrupt:
+        say("blu: interrupted")
+        return 130

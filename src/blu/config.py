@@ -1,0 +1,152 @@
+"""Configuration: the model and training dataclasses, the named presets, and
+the parsing of budgets. This is the only place where defaults live."""
+
+from dataclasses import asdict, dataclass, field, fields, replace
+import re
+
+from .errors import BluError
+
+
+def _knob(default, help_text):
+    """A field the user may override from the command line (`--name-with-dashes`)."""
+    return field(default=default, metadata={"help": help_text})
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    vocab_size: int = 0  # set from the tokenizer when a run starts
+    dim: int = _knob(256, "width of the residual stream")
+    n_layer: int = _knob(4, "number of transformer blocks")
+    n_head: int = _knob(8, "number of query heads")
+    n_kv_head: int = _knob(8, "number of key/value heads (fewer than n_head = grouped-query attention)")
+    hidden_dim: int = _knob(512, "SwiGLU hidden width")
+    context: int = _knob(64, "training context length in tokens")
+    rope_theta: float = _knob(10000.0, "RoPE base frequency")
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = _knob(False, "share the input embedding and the output head")
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_head
+
+    def validate(self) -> None:
+        """Refuse shapes the model cannot be built with (also guards configs read from disk)."""
+        for name in ("vocab_size", "dim", "n_layer", "n_head", "n_kv_head", "hidden_dim", "context"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 1 << 20:
+                raise BluError(f"model {name} must be an integer between 1 and {1 << 20}, got {value!r}")
+        if self.dim % self.n_head:
+            raise BluError(f"dim {self.dim} must be divisible by n_head {self.n_head}")
+        if self.head_dim % 2:
+            raise BluError(f"head size dim/n_head = {self.head_dim} must be even for rotary embeddings")
+        if self.n_head % self.n_kv_head:
+            raise BluError(f"n_head {self.n_head} must be a multiple of n_kv_head {self.n_kv_head}")
+        if not self.rope_theta > 0:
+            raise BluError(f"rope_theta must be positive, got {self.rope_theta}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    batch_size: int = _knob(16, "sequences per optimizer micro-step")
+    grad_accum: int = _knob(1, "micro-steps accumulated per optimizer step")
+    lr: float = _knob(5e-4, "peak learning rate")
+    min_lr_ratio: float = 0.1  # the cosine decay ends at lr * min_lr_ratio
+    warmup_iters: int = _knob(100, "linear warmup steps")
+    weight_decay: float = _knob(0.1, "AdamW weight decay on 2-D weights")
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    eval_every: int = _knob(250, "steps between evaluations (there is always one at the end)")
+    eval_batch_size: int = 64
+    sample_chars: int = 200  # length of the sample written to samples.txt at each evaluation
+    log_every: int = 10
+    iters: int = 0  # optimizer steps; 0 = no step budget
+    time_s: float = 0.0  # wall-clock seconds; 0 = no time budget
+    seed: int = 1337
+
+    def validate(self) -> None:
+        for name in ("batch_size", "grad_accum", "eval_every", "eval_batch_size", "log_every"):
+            if getattr(self, name) < 1:
+                raise BluError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        for name in ("iters", "warmup_iters", "sample_chars"):
+            if getattr(self, name) < 0:
+                raise BluError(f"{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if not self.lr > 0 or not self.weight_decay >= 0 or not self.time_s >= 0:
+            raise BluError("lr must be positive and weight-decay and time non-negative")
+        if not self.iters and not self.time_s:
+            raise BluError("training needs a budget: --iters or --time")
+
+
+@dataclass(frozen=True)
+class Preset:
+    description: str
+    model: ModelConfig
+    train: TrainConfig
+    default_iters: int  # the budget when the user gives neither --iters nor --time
+
+
+PRESETS = {
+    "seed": Preset(
+        "the original Blu: dim 256, 4 layers, 8 heads, context 64, batch 16, lr 5e-4",
+        ModelConfig(dim=256, n_layer=4, n_head=8, n_kv_head=8, hidden_dim=512, context=64),
+        TrainConfig(batch_size=16, lr=5e-4, warmup_iters=100, weight_decay=0.1),
+        default_iters=5000,
+    ),
+    "cpu": Preset(
+        "small and quick for a laptop CPU",
+        ModelConfig(dim=128, n_layer=4, n_head=4, n_kv_head=4, hidden_dim=384, context=128),
+        TrainConfig(batch_size=32, lr=3e-3, warmup_iters=50, weight_decay=0.1, eval_every=200),
+        default_iters=2000,
+    ),
+    "gpu": Preset(
+        "nanoGPT-sized for one GPU",
+        ModelConfig(dim=384, n_layer=6, n_head=6, n_kv_head=6, hidden_dim=1024, context=256),
+        TrainConfig(batch_size=64, lr=1e-3, warmup_iters=100, weight_decay=0.1, eval_every=250),
+        default_iters=5000,
+    ),
+}
+
+
+def knobs(cls) -> list:
+    """The fields of a config dataclass that the command line may override."""
+    return [f for f in fields(cls) if "help" in f.metadata]
+
+
+def with_overrides(config, overrides: dict):
+    """`config` with the non-None values of `overrides` that name its fields."""
+    names = {f.name for f in fields(config)}
+    return replace(config, **{k: v for k, v in overrides.items() if k in names and v is not None})
+
+
+def to_dict(config) -> dict:
+    return asdict(config)
+
+
+def from_dict(cls, data: dict):
+    """Rebuild a config dataclass from JSON, refusing unknown or mistyped keys."""
+    if not isinstance(data, dict):
+        raise BluError(f"{cls.__name__} in config.json is not an object")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise BluError(f"config.json has unknown {cls.__name__} keys: {', '.join(unknown)}")
+    for name, value in data.items():
+        expected = type(known[name].default)
+        ok = isinstance(value, expected) or (expected is float and isinstance(value, int))
+        if not ok or (expected is not bool and isinstance(value, bool)):
+            raise BluError(f"config.json: {cls.__name__}.{name} should be {expected.__name__}, got {value!r}")
+    return cls(**{k: (float(v) if type(known[k].default) is float else v) for k, v in data.items()})
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([smh]?)\s*$")
+
+
+def parse_duration(text: str) -> float:
+    """'90', '90s', '10m', '1.5h' -> seconds (positive)."""
+    match = _DURATION.match(str(text))
+    if not match:
+        raise BluError(f"bad duration {text!r}: use seconds or a number with s, m or h (90, 90s, 10m, 1h)")
+    seconds = float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
+    if seconds <= 0:
+        raise BluError(f"duration must be positive, got {text!r}")
+    return seconds

@@ -1,0 +1,112 @@
+"""Corpora: reading text files strictly, the default tiny Shakespeare dataset,
+the train/validation split and the seeded batch sampler."""
+
+import hashlib
+import os
+from pathlib import Path
+import tempfile
+import urllib.request
+
+import numpy as np
+import torch
+
+from .errors import BluError
+
+SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+SHAKESPEARE_NAME = "tinyshakespeare.txt"
+VAL_FRACTION = 0.1
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("BLU_CACHE") or Path.home() / ".cache" / "blu")
+
+
+def sha256_of(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def default_corpus_path() -> Path:
+    """Tiny Shakespeare in the cache folder, downloaded and verified once."""
+    path = cache_dir() / SHAKESPEARE_NAME
+    if path.is_file():
+        if sha256_of(path.read_bytes()) != SHAKESPEARE_SHA256:
+            raise BluError(f"{path} is not tiny Shakespeare (SHA-256 mismatch): delete it to download it again")
+        return path
+    try:
+        with urllib.request.urlopen(SHAKESPEARE_URL, timeout=30) as response:
+            data = response.read()
+    except OSError as error:
+        raise BluError(
+            f"could not download tiny Shakespeare ({error}); save {SHAKESPEARE_URL} as {path} or pass --data FILE"
+        ) from None
+    if sha256_of(data) != SHAKESPEARE_SHA256:
+        raise BluError(f"the download from {SHAKESPEARE_URL} failed its SHA-256 check; save the file as {path}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, delete=False) as tmp:
+        tmp.write(data)
+    os.replace(tmp.name, path)
+    return path
+
+
+def read_corpus(path) -> str:
+    """The text of a UTF-8 file, or a one-line BluError saying why it cannot be used."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise BluError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise BluError(f"{path} is a folder, not a text file") from None
+    except OSError as error:
+        raise BluError(f"{path}: cannot read ({error.strerror})") from None
+    if not data:
+        raise BluError(f"{path} is empty")
+    if b"\x00" in data:
+        raise BluError(f"{path} looks binary (NUL byte at offset {data.index(0)}); blu trains on text")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise BluError(f"{path} is not UTF-8: invalid byte 0x{data[error.start]:02x} at offset {error.start}") from None
+
+
+def split(tokens: np.ndarray, context: int, name: str = "the corpus") -> tuple[np.ndarray, np.ndarray]:
+    """First 90% for training, last 10% for validation, refusing corpora too short to train on."""
+    n_val = int(len(tokens) * VAL_FRACTION)
+    train, val = tokens[: len(tokens) - n_val], tokens[len(tokens) - n_val :]
+    if len(train) < context + 1 or len(val) < 2:
+        need = max(context + 1 + max(2, int((context + 1) * VAL_FRACTION / (1 - VAL_FRACTION)) + 1), 20)
+        raise BluError(
+            f"{name} is too short: {len(tokens)} characters; a context of {context} needs at least {need}"
+            " (a training window plus a 10% validation split)"
+        )
+    return train, val
+
+
+class BatchSampler:
+    """Random windows of `context + 1` tokens, drawn with its own seeded generator
+    so that a resumed run draws the same batches as one that never stopped."""
+
+    def __init__(self, tokens: np.ndarray, batch_size: int, context: int, seed: int):
+        self.tokens = tokens
+        self.batch_size = batch_size
+        self.context = context
+        self.generator = torch.Generator().manual_seed(seed)
+        self._offsets = np.arange(context + 1)
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inputs, targets), each (batch_size, context) int64; targets are inputs shifted by one."""
+        high = len(self.tokens) - self.context  # the last start that leaves room for the target
+        starts = torch.randint(0, high, (self.batch_size,), generator=self.generator).numpy()
+        windows = torch.from_numpy(self.tokens[starts[:, None] + self._offsets].astype(np.int64))
+        return windows[:, :-1], windows[:, 1:]
+
+
+def load_text(path=None, expected_sha256: str | None = None) -> tuple[str, Path]:
+    """The text of `path` (tiny Shakespeare when None) and its path; with `expected_sha256`,
+    refuse a file that changed since a run was started on it."""
+    path = Path(path) if path else default_corpus_path()
+    text = read_corpus(path)
+    if expected_sha256 and sha256_of(text.encode("utf-8")) != expected_sha256:
+        raise BluError(f"{path} has changed since this run was trained on it (SHA-256 differs)")
+    return text, path

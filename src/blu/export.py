@@ -1,0 +1,103 @@
+"""Export a run to a Hugging Face transformers folder (LlamaForCausalLM).
+
+blu's model is Llama by construction, so the weights only change names. The
+tokenizer becomes a `tokenizers` BPE model with no merges (so every character
+is one token), no pre-tokenizer and a Fuse decoder (so decoding joins the
+characters without inserting spaces), written as plain JSON.
+"""
+
+import json
+from pathlib import Path
+import re
+
+from safetensors.torch import save as safetensors_bytes
+
+from .checkpoint import atomic_write, load_run, model_tensors
+from .errors import BluError
+from .tokenizer import UNK
+
+# blu name -> transformers name; {i} is the layer index.
+HF_NAMES = {
+    "tok_embeddings.weight": "model.embed_tokens.weight",
+    "layers.{i}.attention_norm.weight": "model.layers.{i}.input_layernorm.weight",
+    "layers.{i}.attention.q_proj.weight": "model.layers.{i}.self_attn.q_proj.weight",
+    "layers.{i}.attention.k_proj.weight": "model.layers.{i}.self_attn.k_proj.weight",
+    "layers.{i}.attention.v_proj.weight": "model.layers.{i}.self_attn.v_proj.weight",
+    "layers.{i}.attention.o_proj.weight": "model.layers.{i}.self_attn.o_proj.weight",
+    "layers.{i}.ffn_norm.weight": "model.layers.{i}.post_attention_layernorm.weight",
+    "layers.{i}.feed_forward.gate_proj.weight": "model.layers.{i}.mlp.gate_proj.weight",
+    "layers.{i}.feed_forward.up_proj.weight": "model.layers.{i}.mlp.up_proj.weight",
+    "layers.{i}.feed_forward.down_proj.weight": "model.layers.{i}.mlp.down_proj.weight",
+    "norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+}
+
+
+def hf_name(name: str) -> str:
+    layer = re.match(r"layers\.(\d+)\.", name)
+    pattern = name.replace(layer.group(0), "layers.{i}.", 1) if layer else name
+    return HF_NAMES[pattern].format(i=layer.group(1) if layer else "")
+
+
+def hf_config(config) -> dict:
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": config.vocab_size,
+        "hidden_size": config.dim,
+        "intermediate_size": config.hidden_dim,
+        "num_hidden_layers": config.n_layer,
+        "num_attention_heads": config.n_head,
+        "num_key_value_heads": config.n_kv_head,
+        "head_dim": config.head_dim,
+        "max_position_embeddings": config.context,
+        "rms_norm_eps": config.norm_eps,
+        "rope_theta": config.rope_theta,  # transformers 4.x
+        "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_theta},  # transformers 5.x
+        "hidden_act": "silu",
+        "attention_bias": False,
+        "mlp_bias": False,
+        "tie_word_embeddings": config.tie_embeddings,
+        "torch_dtype": "float32",
+        "bos_token_id": None,
+        "eos_token_id": None,
+        "pad_token_id": None,
+    }
+
+
+def hf_tokenizer(tokenizer) -> dict:
+    """tokenizer.json in the format of the `tokenizers` library."""
+    vocab = {UNK: 0, **{c: i for c, i in tokenizer.stoi.items()}}
+    unk = {"id": 0, "content": UNK, "single_word": False, "lstrip": False, "rstrip": False,
+           "normalized": False, "special": True}
+    return {
+        "version": "1.0", "truncation": None, "padding": None, "added_tokens": [unk],
+        "normalizer": None, "pre_tokenizer": None, "post_processor": None,
+        "decoder": {"type": "Fuse"},
+        "model": {"type": "BPE", "dropout": None, "unk_token": UNK, "continuing_subword_prefix": None,
+                  "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False,
+                  "ignore_merges": False, "vocab": vocab, "merges": []},
+    }
+
+
+def export_hf(run_dir, out_dir) -> Path:
+    """Write a folder that AutoModelForCausalLM and AutoTokenizer load; return its path."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise BluError(f"--out {out_dir} is a file, not a folder")
+    _, model, tokenizer = load_run(run_dir)
+    weights = {hf_name(k): v for k, v in model_tensors(model).items()}
+    atomic_write(out_dir / "model.safetensors", safetensors_bytes(weights, metadata={"format": "pt"}))
+    files = {
+        "config.json": hf_config(model.config),
+        "generation_config.json": {"do_sample": False, "bos_token_id": None, "eos_token_id": None},
+        "tokenizer.json": hf_tokenizer(tokenizer),
+        "tokenizer_config.json": {
+            "tokenizer_class": "PreTrainedTokenizerFast", "unk_token": UNK,
+            "model_max_length": model.config.context, "clean_up_tokenization_spaces": False,
+        },
+        "special_tokens_map.json": {"unk_token": UNK},
+    }
+    for name, content in files.items():
+        atomic_write(out_dir / name, json.dumps(content, indent=2, ensure_ascii=False).encode())
+    return out_dir

@@ -1,0 +1,235 @@
+"""The training loop: optimizer, learning-rate schedule, budgets, evaluation,
+checkpoints and logging (metrics.jsonl, loss.png, samples.txt)."""
+
+from contextlib import contextmanager, nullcontext
+import json
+import math
+from pathlib import Path
+import signal
+import sys
+import threading
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from .checkpoint import atomic_write, load_last, save_last, save_model
+from .config import ModelConfig, TrainConfig
+from .data import BatchSampler
+from .errors import BluError
+from .generate import TextGenerator
+from .model import Transformer
+
+
+def pick_device(name: str) -> torch.device:
+    """auto = CUDA, then MPS, then CPU; an explicit device must be available."""
+    cuda, mps = torch.cuda.is_available(), torch.backends.mps.is_available()
+    if name == "auto":
+        return torch.device("cuda" if cuda else "mps" if mps else "cpu")
+    if (name == "cuda" and not cuda) or (name == "mps" and not mps):
+        raise BluError(f"--device {name} was asked for but this machine has no {name.upper()} device")
+    return torch.device(name)
+
+
+def autocast_for(device: torch.device):
+    """bf16 autocast on CUDA, where it is fast and stable; full fp32 elsewhere."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+
+def learning_rate(config: TrainConfig, step: int, progress: float) -> float:
+    """Linear warmup over `warmup_iters` steps, times a cosine decay to lr * min_lr_ratio
+    as `progress` (the spent fraction of the step or time budget) goes from 0 to 1.
+    The two multiply, so even a budget shorter than the warmup ends fully decayed."""
+    warmup = min(1.0, (step + 1) / config.warmup_iters) if config.warmup_iters else 1.0
+    cosine = 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return config.lr * warmup * (config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine)
+
+
+@torch.no_grad()
+def evaluate(model, tokens: np.ndarray, batch_size: int = 64) -> tuple[float, int]:
+    """Mean loss in nats per token over every token of `tokens` (after the first),
+    read as consecutive non-overlapping windows of the model's context; and the count."""
+    model.eval()
+    device = model.tok_embeddings.weight.device
+    context = model.config.context
+    data = torch.from_numpy(tokens.astype(np.int64))
+    n_windows = math.ceil((len(data) - 1) / context)
+    total, count = torch.zeros((), device=device, dtype=torch.float64), 0
+    for first in range(0, n_windows, batch_size):
+        starts = range(first * context, min(first + batch_size, n_windows) * context, context)
+        # Windows are padded to the full context; padded positions get target -1 and are ignored.
+        x = torch.zeros(len(starts), context, dtype=torch.int64)
+        y = torch.full((len(starts), context), -1, dtype=torch.int64)
+        for row, start in enumerate(starts):
+            piece = data[start : start + context + 1]
+            x[row, : len(piece) - 1] = piece[:-1]
+            y[row, : len(piece) - 1] = piece[1:]
+        with autocast_for(device):
+            logits = model(x.to(device))
+        total += F.cross_entropy(logits.float().flatten(0, 1), y.to(device).flatten(), ignore_index=-1, reduction="sum")
+        count += int((y >= 0).sum())
+    model.train()
+    return total.item() / count, count
+
+
+def make_optimizer(model: Transformer, config: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW with weight decay on the 2-D weights only (not on the norm scales)."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(config.beta1, config.beta2), fused=device.type == "cuda")
+
+
+class MetricsLog:
+    """metrics.jsonl (one JSON object per line, appended) and the loss.png drawn from it."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self.plot_path = Path(run_dir) / "loss.png"
+
+    def write(self, row: dict) -> None:
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def rows(self) -> list[dict]:
+        with open(self.path, encoding="utf-8") as f:
+            return [json.loads(line) for line in f if line.strip()]
+
+    def plot(self) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")  # no display needed
+        import matplotlib.pyplot as plt
+
+        rows = self.rows()
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for key, label in (("train_loss", "train"), ("val_loss", "validation")):
+            points = [(r["step"], r[key]) for r in rows if key in r]
+            if points:
+                ax.plot(*zip(*points), label=label, marker="o" if key == "val_loss" else None)
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss (nats per token)")
+        ax.legend()
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        tmp = self.plot_path.with_name(".loss.tmp.png")
+        fig.savefig(tmp, dpi=100)
+        plt.close(fig)
+        tmp.replace(self.plot_path)
+
+
+class StopRequest:
+    """The first Ctrl-C (or SIGTERM) asks training to stop after the current step
+    and save; a second Ctrl-C interrupts at once (atomic writes keep the folder readable)."""
+
+    def __init__(self):
+        self.requested = False
+
+    def _handle(self, signum, frame):
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    @contextmanager
+    def installed(self):
+        if threading.current_thread() is not threading.main_thread():
+            yield self  # signal handlers can only be set from the main thread
+            return
+        previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield self
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+def train(run_dir, model_config: ModelConfig, config: TrainConfig, tokenizer, train_tokens, val_tokens,
+          device: torch.device, resume: bool = False, log=None) -> dict:
+    """Train until the step or time budget is spent (or Ctrl-C); return the final state.
+
+    The step budget is `config.iters`, the time budget `config.time_s` (wall clock,
+    evaluations included); with both, whichever ends first."""
+    log = log or (lambda message: tqdm.write(message, file=sys.stderr))
+    run_dir = Path(run_dir)
+    torch.manual_seed(config.seed)
+    model = Transformer(model_config).to(device)
+    optimizer = make_optimizer(model, config, device)
+    sampler = BatchSampler(train_tokens, config.batch_size, model_config.context, config.seed)
+    state = {"step": 0, "tokens": 0, "elapsed_s": 0.0, "best_val_loss": None}
+    if resume:
+        state = load_last(run_dir, model, optimizer, {"batches": sampler.generator})
+        log(f"resuming {run_dir} at step {state['step']}")
+    metrics = MetricsLog(run_dir)
+    tokens_per_step = config.batch_size * config.grad_accum * model_config.context
+
+    def progress() -> float:
+        fractions = []
+        if config.iters:
+            fractions.append(state["step"] / config.iters)
+        if config.time_s:
+            fractions.append(state["elapsed_s"] / config.time_s)
+        return max(fractions)
+
+    def evaluate_and_save() -> None:
+        val_loss, _ = evaluate(model, val_tokens, config.eval_batch_size)
+        row = {"step": state["step"], "tokens": state["tokens"], "elapsed_s": round(state["elapsed_s"], 3),
+               "val_loss": val_loss, "val_bpc": val_loss / math.log(2)}
+        metrics.write(row)
+        best = state["best_val_loss"]
+        if best is None or val_loss < best:
+            state["best_val_loss"] = val_loss
+            save_model(run_dir / "model.safetensors", model)
+        text = "".join(TextGenerator(model, tokenizer).generate("\n", config.sample_chars, seed=config.seed))
+        with open(run_dir / "samples.txt", "a", encoding="utf-8") as f:
+            f.write(f"--- step {state['step']}, val_loss {val_loss:.4f} ---\n{text}\n\n")
+        model.train()
+        save_last(run_dir, model, optimizer, {"batches": sampler.generator}, state)
+        metrics.plot()
+        log(f"step {state['step']}: val_loss {val_loss:.4f} (val_bpc {row['val_bpc']:.3f}), {state['elapsed_s']:.0f}s")
+
+    by_steps = bool(config.iters) and not config.time_s  # otherwise the bar counts seconds
+    bar_total = config.iters if by_steps else round(config.time_s)
+    bar = tqdm(total=bar_total, unit="step" if by_steps else "s", file=sys.stderr, dynamic_ncols=True, disable=None)
+    started = time.perf_counter() - state["elapsed_s"]
+    last_log = (time.perf_counter(), state["tokens"])
+    model.train()
+    stop = StopRequest()
+    with stop.installed():
+        while progress() < 1 and not stop.requested:
+            lr = learning_rate(config, state["step"], progress())
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            loss_sum = torch.zeros((), device=device)
+            for _ in range(config.grad_accum):
+                x, y = sampler.next()
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                with autocast_for(device):
+                    logits = model(x)
+                loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+                (loss / config.grad_accum).backward()
+                loss_sum += loss.detach()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            state["step"] += 1
+            state["tokens"] += tokens_per_step
+            state["elapsed_s"] = time.perf_counter() - started
+            bar.n = state["step"] if by_steps else min(round(state["elapsed_s"]), bar_total)
+            if state["step"] % config.log_every == 0:
+                train_loss = loss_sum.item() / config.grad_accum  # the only host sync, once per log_every steps
+                now = time.perf_counter()
+                tokens_per_s = (state["tokens"] - last_log[1]) / (now - last_log[0])
+                last_log = (now, state["tokens"])
+                metrics.write({"step": state["step"], "tokens": state["tokens"],
+                               "elapsed_s": round(state["elapsed_s"], 3), "train_loss": train_loss, "lr": lr})
+                bar.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{tokens_per_s:,.0f}", refresh=False)
+                bar.refresh()
+            if state["step"] % config.eval_every == 0 and progress() < 1:
+                evaluate_and_save()
+        bar.close()
+        evaluate_and_save()
+    if stop.requested:
+        log(f"stopped at step {state['step']} and saved; continue with: blu train --out {run_dir} --resume")
+    return {**state, "interrupted": stop.requested}

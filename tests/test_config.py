@@ -1,0 +1,35 @@
+import pytest
+
+from blu.config import PRESETS, ModelConfig, TrainConfig, from_dict, parse_duration, to_dict
+from blu.errors import BluError
+
+
+@pytest.mark.parametrize("text,seconds", [("90", 90), ("90s", 90), ("10m", 600), ("1h", 3600), ("1.5m", 90), (" 2 m ", 120)])
+def test_durations(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "0", "0s", "-5", "ten", "5x", "1h30m", "m"])
+def test_bad_durations(text):
+    with pytest.raises(BluError):
+        parse_duration(text)
+
+
+def test_config_json_round_trip_and_rejects_unknown_keys():
+    config = PRESETS["cpu"].model
+    assert from_dict(ModelConfig, to_dict(config)) == config
+    with pytest.raises(BluError, match="unknown"):
+        from_dict(ModelConfig, {**to_dict(config), "n_layers": 3})
+    with pytest.raises(BluError, match="should be int"):
+        from_dict(ModelConfig, {**to_dict(config), "dim": "128"})
+
+
+@pytest.mark.parametrize("change", [{"dim": 100, "n_head": 8}, {"n_head": 8, "n_kv_head": 3}, {"dim": 0}])
+def test_impossible_shapes_are_refused(change):
+    with pytest.raises(BluError):
+        ModelConfig(**{**to_dict(PRESETS["seed"].model), "vocab_size": 10, **change}).validate()
+
+
+def test_training_needs_a_budget():
+    with pytest.raises(BluError, match="budget"):
+        TrainConfig().validate()

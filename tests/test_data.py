@@ -1,0 +1,74 @@
+import numpy as np
+import pytest
+
+from blu import data
+from blu.errors import BluError
+
+
+def test_batches_line_up_with_targets():
+    tokens = np.arange(1000, dtype=np.uint16)
+    sampler = data.BatchSampler(tokens, batch_size=8, context=16, seed=0)
+    x, y = sampler.next()
+    assert x.shape == y.shape == (8, 16)
+    assert (y[:, :-1] == x[:, 1:]).all() and (y[:, -1] == x[:, -1] + 1).all()
+    again = data.BatchSampler(tokens, batch_size=8, context=16, seed=0).next()[0]
+    assert (again == x).all()
+
+
+def test_sampler_reaches_the_last_token():
+    tokens = np.arange(20, dtype=np.uint8)
+    sampler = data.BatchSampler(tokens, batch_size=256, context=4, seed=1)
+    assert int(sampler.next()[1].max()) == 19
+
+
+def test_split_is_90_10_by_position():
+    train, val = data.split(np.arange(1000), context=16)
+    assert len(train) == 900 and len(val) == 100 and train[-1] + 1 == val[0]
+
+
+def test_too_short_is_refused():
+    with pytest.raises(BluError, match="too short"):
+        data.split(np.arange(100), context=128)
+
+
+@pytest.mark.parametrize("content,message", [
+    (b"", "is empty"),
+    (b"abc\x00def", "looks binary"),
+    (b"good text \xff\xfe more", "invalid byte 0xff at offset 10"),
+])
+def test_bad_files(tmp_path, content, message):
+    path = tmp_path / "corpus.txt"
+    path.write_bytes(content)
+    with pytest.raises(BluError, match=message):
+        data.read_corpus(path)
+
+
+def test_missing_file_and_folder(tmp_path):
+    with pytest.raises(BluError, match="no such file"):
+        data.read_corpus(tmp_path / "nope.txt")
+    with pytest.raises(BluError, match="is a folder"):
+        data.read_corpus(tmp_path)
+
+
+def test_default_corpus_comes_from_the_cache(blu_cache):
+    path = data.default_corpus_path()
+    assert path == blu_cache / "tinyshakespeare.txt"
+    assert len(data.read_corpus(path)) == 1115394
+
+
+def test_offline_without_cache_says_where_to_put_the_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("BLU_CACHE", str(tmp_path))
+
+    def offline(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(data.urllib.request, "urlopen", offline)
+    with pytest.raises(BluError, match=f"save .* as {tmp_path / 'tinyshakespeare.txt'}"):
+        data.default_corpus_path()
+
+
+def test_corrupt_cached_corpus_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("BLU_CACHE", str(tmp_path))
+    (tmp_path / "tinyshakespeare.txt").write_text("not shakespeare")
+    with pytest.raises(BluError, match="SHA-256"):
+        data.default_corpus_path()

@@ -1,0 +1,81 @@
+import pytest
+import torch
+
+from blu.errors import BluError
+from blu.generate import KVCache, SamplingOptions, TextGenerator, sample, stream_tokens
+from blu.model import Transformer
+from blu.tokenizer import CharTokenizer
+from test_model import tiny
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return Transformer(tiny(n_kv_head=2)).eval()
+
+
+def test_cached_equals_uncached_at_every_step(model):
+    x = torch.randint(0, 67, (2, 32))
+    with torch.no_grad():
+        full = model(x)
+        cache = KVCache.for_model(model, batch_size=2)
+        stepwise = [model(x[:, :5], cache)]  # a prompt, then one token at a time
+        stepwise += [model(x[:, t : t + 1], cache) for t in range(5, 20)]
+        stepwise.append(model(x[:, 20:], cache))  # a chunk after cached tokens
+    assert (torch.cat(stepwise, dim=1) - full).abs().max().item() < 1e-5
+
+
+def test_positions_beyond_the_context_are_refused(model):
+    cache = KVCache.for_model(model, batch_size=1)
+    with torch.no_grad():
+        model(torch.zeros(1, 32, dtype=torch.long), cache)
+        with pytest.raises(ValueError, match="exceed the context"):
+            model(torch.zeros(1, 1, dtype=torch.long), cache)
+
+
+def test_generation_continues_past_the_context(model):
+    tokens = list(stream_tokens(model, [1, 2, 3], 200, SamplingOptions(temperature=0)))
+    assert len(tokens) == 200  # the context is 32: the cache was refilled several times
+
+
+def test_past_the_context_each_token_sees_half_to_full_window(model):
+    """After a refill, the next logits equal a fresh forward over the last context/2 tokens."""
+    prompt = torch.randint(1, 67, (40,)).tolist()
+    tokens = list(stream_tokens(model, prompt, 1, SamplingOptions(temperature=0)))
+    with torch.no_grad():
+        expected = model(torch.tensor([prompt[-32:]]))[0, -1].argmax().item()
+    assert tokens == [expected]
+
+
+def test_top_k_1_and_tiny_top_p_are_greedy():
+    torch.manual_seed(0)
+    logits = torch.randn(4, 50)
+    greedy = logits.argmax(-1)
+    g = torch.Generator().manual_seed(0)
+    assert (sample(logits, SamplingOptions(1.0, top_k=1), g) == greedy).all()
+    assert (sample(logits, SamplingOptions(1.0, top_p=1e-6), g) == greedy).all()
+    assert (sample(logits, SamplingOptions(0.0), g) == greedy).all()
+
+
+def test_top_p_keeps_the_smallest_set_reaching_p():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    g = torch.Generator().manual_seed(0)
+    drawn = {int(sample(logits, SamplingOptions(1.0, top_p=0.8), g)) for _ in range(300)}
+    assert drawn == {0, 1}
+
+
+def test_same_seed_same_text_and_unknown_prompt_characters(model):
+    tokenizer = CharTokenizer([chr(ord("a") + i) for i in range(66)])
+    run = TextGenerator(model, tokenizer)
+    a = "".join(run.generate("abc\u2603", 50, seed=3))
+    b = "".join(run.generate("abc", 50, seed=3))
+    assert a == b and len(a) == 50
+    assert run.unknown_chars("abc\u2603") == ["\u2603"]
+    assert "".join(run.generate("", 10, temperature=0)) == "".join(run.generate("", 10, temperature=0))
+
+
+@pytest.mark.parametrize("options", [dict(temperature=-1), dict(top_p=0), dict(top_p=1.5), dict(top_k=-2), dict(max_new_tokens=-1)])
+def test_bad_sampling_values(model, options):
+    run = TextGenerator(model, CharTokenizer([chr(ord("a") + i) for i in range(66)]))
+    with pytest.raises(BluError):
+        list(run.generate("ab", **options))
