@@ -87,6 +87,7 @@ def stream_tokens(model, prompt_ids: list[int], max_new_tokens: int, options: Sa
         raise ValueError("stream_tokens needs at least one prompt token")
     logits = model(torch.tensor([history], device=device), cache)[:, -1]
     for _ in range(max_new_tokens):
+        logits[:, 0] = float("-inf")  # never emit <unk>: it stands for no character in particular
         token = sample(logits, options, generator)
         yield int(token)
         history.append(int(token))
@@ -121,8 +122,8 @@ class TextGenerator:
         ids = [i for i in self.tokenizer.encode(prompt) if i != 0]
         if not ids:  # there is no beginning-of-text token: start after a newline, like a new paragraph
             ids = [self.tokenizer.stoi.get("\n", 1)]
-        for token in stream_tokens(self.model, ids, max_new_tokens, options, generator):
-            yield self.tokenizer.decode([token])
+        # A plain function returning a generator, so that bad values fail here and not at the first piece.
+        return (self.tokenizer.decode([t]) for t in stream_tokens(self.model, ids, max_new_tokens, options, generator))
 
     def unknown_chars(self, prompt: str) -> list[str]:
         return self.tokenizer.unknown_chars(prompt)

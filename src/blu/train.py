@@ -173,6 +173,9 @@ def train(run_dir, model_config: ModelConfig, config: TrainConfig, tokenizer, tr
         return max(fractions)
 
     def evaluate_and_save() -> None:
+        if state.get("evaluated_step") == state["step"]:
+            return  # e.g. Ctrl-C right after an evaluation
+        state["evaluated_step"] = state["step"]
         val_loss, _ = evaluate(model, val_tokens, config.eval_batch_size)
         row = {"step": state["step"], "tokens": state["tokens"], "elapsed_s": round(state["elapsed_s"], 3),
                "val_loss": val_loss, "val_bpc": val_loss / math.log(2)}

@@ -1,0 +1,168 @@
+"""The `blu` command called as a user calls it: outputs, files, and one-line errors with exit code 2."""
+
+import json
+import os
+from pathlib import Path
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from blu.cli import main
+
+TINY = ["--dim", "32", "--n-layer", "2", "--n-head", "4", "--hidden-dim", "64", "--context", "64",
+        "--batch-size", "8", "--eval-every", "10", "--lr", "3e-3"]
+
+
+def blu(capfd, *args):
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as exit:  # argparse's own errors
+        code = exit.code
+    out, err = capfd.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def trained(tmp_path, small_corpus, capfd):
+    run = tmp_path / "run"
+    code, out, err = blu(capfd, "train", "--data", small_corpus, "--out", run, "--iters", 20, *TINY)
+    assert code == 0, err
+    assert out == ""  # training talks on stderr only
+    return run
+
+
+def test_train_writes_the_run_folder(trained):
+    names = {p.name for p in trained.iterdir()}
+    assert {"config.json", "tokenizer.json", "model.safetensors", "last", "metrics.jsonl", "loss.png", "samples.txt"} <= names
+    config = json.loads((trained / "config.json").read_text())
+    assert config["model"]["dim"] == 32 and config["model"]["context"] == 64 and config["train"]["iters"] == 20
+    assert config["train"]["lr"] == 3e-3 and config["preset"] == "cpu"
+
+
+def test_generate_streams_prompt_and_text_only(trained, capfd):
+    code, out, err = blu(capfd, "generate", "--run", trained, "--prompt", "ROMEO:", "--max-new-tokens", 100, "--seed", 1)
+    assert code == 0
+    assert out.startswith("ROMEO:") and len(out) == len("ROMEO:") + 100 + 1  # + final newline
+    assert blu(capfd, "generate", "--run", trained, "--prompt", "ROMEO:", "--max-new-tokens", 100, "--seed", 1)[1] == out
+    code, greedy, _ = blu(capfd, "generate", "--run", trained, "--prompt", "ROMEO:", "--temperature", 0, "--max-new-tokens", 20)
+    assert greedy == blu(capfd, "generate", "--run", trained, "--prompt", "ROMEO:", "--temperature", 0, "--top-k", 1,
+                         "--max-new-tokens", 20)[1]
+
+
+def test_generate_without_prompt_uses_the_seed_prompts(trained, capfd):
+    code, out, _ = blu(capfd, "generate", "--run", trained, "--max-new-tokens", 10, "--seed", 0)
+    assert code == 0
+    for prompt in ("ROMEO: ", "HAMLET: To be, or not to be,", "Once upon a time", "The king"):
+        assert prompt in out
+
+
+def test_generate_drops_unknown_prompt_characters_and_says_so(trained, capfd):
+    code, out, err = blu(capfd, "generate", "--run", trained, "--prompt", "ROMEO\u2603:", "--max-new-tokens", 5)
+    assert code == 0 and "\u2603" in err and "dropping" in err
+
+
+def test_eval_json(trained, capfd, small_corpus, tmp_path):
+    code, out, _ = blu(capfd, "eval", "--run", trained, "--json")
+    result = json.loads(out)
+    assert code == 0 and set(result) == {"val_loss", "val_bpc", "tokens"}
+    assert result["tokens"] == 6000 - 1  # the whole validation split
+    other = tmp_path / "other.txt"
+    other.write_text("To be, or not to be\u2603", encoding="utf-8")
+    code, out, err = blu(capfd, "eval", "--run", trained, "--data", other, "--json")
+    assert code == 0 and json.loads(out)["tokens"] == 19 and "1 characters" in err
+
+
+def test_export_loads_in_transformers_with_the_same_greedy_text(trained, tmp_path, capfd):
+    transformers = pytest.importorskip("transformers")
+    out_dir = tmp_path / "hf"
+    assert blu(capfd, "export", "--run", trained, "--format", "hf", "--out", out_dir)[0] == 0
+    model = transformers.AutoModelForCausalLM.from_pretrained(out_dir).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(out_dir)
+    prompt = "ROMEO:\nWhat say you, sir?  "
+    ids = tokenizer(prompt, return_tensors="pt").input_ids
+    assert tokenizer.decode(ids[0]) == prompt and ids.shape[1] == len(prompt)
+    with torch.no_grad():
+        generated = model.generate(ids, max_new_tokens=64 - len(prompt), do_sample=False)
+    theirs = tokenizer.decode(generated[0, ids.shape[1]:])
+    code, ours, _ = blu(capfd, "generate", "--run", trained, "--prompt", prompt, "--temperature", 0,
+                        "--max-new-tokens", 64 - len(prompt))
+    assert ours == prompt + theirs + "\n"
+
+
+def test_resume_continues_a_run(trained, capfd):
+    code, _, err = blu(capfd, "train", "--out", trained, "--resume", "--iters", 30)
+    assert code == 0 and "resuming" in err
+    rows = [json.loads(line) for line in (trained / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] == 30
+
+
+def test_default_data_is_tiny_shakespeare_from_the_cache(blu_cache, tmp_path, capfd, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = blu(capfd, "train", "--iters", 2, *TINY)
+    assert code == 0, err
+    assert (tmp_path / "runs" / "tinyshakespeare" / "model.safetensors").exists()
+    assert "1,003,855 train / 111,539 validation" in err
+
+
+def one_line_error(capfd, *args, match):
+    code, out, err = blu(capfd, *args)
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and match in err, err
+    return err
+
+
+def test_bad_training_input(tmp_path, capfd, small_corpus, trained):
+    empty, binary, latin1, short = (tmp_path / n for n in ("empty.txt", "bin.txt", "latin1.txt", "short.txt"))
+    empty.write_bytes(b"")
+    binary.write_bytes(b"\x7fELF\x00\x00")
+    latin1.write_bytes("café".encode("latin-1"))
+    short.write_text("To be or not to be")
+    out = ["--out", tmp_path / "new"]
+    one_line_error(capfd, "train", "--data", empty, *out, match="is empty")
+    one_line_error(capfd, "train", "--data", binary, *out, match="looks binary")
+    one_line_error(capfd, "train", "--data", latin1, *out, match="invalid byte 0xe9 at offset 3")
+    one_line_error(capfd, "train", "--data", short, *out, match="too short")
+    one_line_error(capfd, "train", "--data", tmp_path / "missing.txt", *out, match="no such file")
+    one_line_error(capfd, "train", "--data", small_corpus, "--time", "0", *out, match="duration must be positive")
+    one_line_error(capfd, "train", "--data", small_corpus, "--time", "soon", *out, match="bad duration")
+    one_line_error(capfd, "train", "--data", small_corpus, "--iters", "-3", *out, match="--iters must be at least 1")
+    one_line_error(capfd, "train", "--data", small_corpus, "--iters", "5", "--n-head", "5", *out, match="divisible")
+    one_line_error(capfd, "train", "--data", small_corpus, "--iters", "5", "--out", trained, match="already holds a run")
+    one_line_error(capfd, "train", "--resume", "--out", tmp_path / "nothing", match="no such run folder")
+    assert not (tmp_path / "new").exists()
+    code, _, _ = blu(capfd, "train", "--data", small_corpus, "--out", trained, "--iters", 2, "--force", *TINY)
+    assert code == 0
+
+
+def test_bad_generation_and_run_folders(tmp_path, capfd, trained):
+    one_line_error(capfd, "generate", "--run", trained, "--top-p", "0", match="top-p must be in (0, 1]")
+    one_line_error(capfd, "generate", "--run", trained, "--temperature", "-1", match="temperature must be >= 0")
+    one_line_error(capfd, "generate", "--run", trained, "--max-new-tokens", "-1", match="max-new-tokens")
+    one_line_error(capfd, "generate", "--run", tmp_path / "nowhere", match="no such run folder")
+    one_line_error(capfd, "generate", "--run", trained, "--bogus", match="unrecognized arguments")
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for name in ("config.json", "tokenizer.json"):
+        (broken / name).write_bytes((trained / name).read_bytes())
+    weights = (trained / "model.safetensors").read_bytes()
+    (broken / "model.safetensors").write_bytes(weights[: len(weights) // 2])
+    one_line_error(capfd, "generate", "--run", broken, match="truncated or corrupt")
+    (broken / "model.safetensors").unlink()
+    one_line_error(capfd, "eval", "--run", broken, match="model.safetensors is missing")
+    config = json.loads((trained / "config.json").read_text())
+    (broken / "config.json").write_text(json.dumps({**config, "format": 99}))
+    one_line_error(capfd, "generate", "--run", broken, match="cannot read")
+    (broken / "config.json").write_text("{not json")
+    one_line_error(capfd, "export", "--run", broken, "--out", tmp_path / "x", match="corrupt")
+
+
+def test_the_installed_command_and_python_m(tmp_path):
+    for command in ([str(Path(sys.executable).with_name("blu"))], [sys.executable, "-m", "blu"]):
+        result = subprocess.run([*command, "train", "--help"], capture_output=True, text=True)
+        assert result.returncode == 0 and "--time" in result.stdout and "(default: auto)" in result.stdout
+    result = subprocess.run([sys.executable, "-m", "blu", "generate", "--run", str(tmp_path / "none")],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
