@@ -1,0 +1,73 @@
+"""Single-stream generation tokens/s of blu against transformers' generate() on
+the same weights, in one process.
+
+    python benchmarks/generate_speed.py [--run runs/NAME] [--tokens 500] [--rounds 3]
+
+Without --run, a `seed` preset model with random weights is used (speed does not
+depend on what the weights learned). Both decode greedily from the same prompt;
+blu is also timed with its default sampling (temperature 0.8, top-p 0.9).
+"""
+
+import argparse
+from dataclasses import replace
+import statistics
+import time
+
+import torch
+import transformers
+
+import blu
+from blu.checkpoint import model_tensors
+from blu.config import PRESETS
+from blu.export import hf_config, hf_name
+from blu.generate import SamplingOptions, stream_tokens
+from blu.model import Transformer
+from common import save, table
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run", help="run folder (default: a random seed-preset model)")
+    parser.add_argument("--tokens", type=int, default=500, help="new tokens per timed generation")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+
+    torch.manual_seed(0)
+    model = blu.load(args.run).model if args.run else Transformer(replace(PRESETS["seed"].model, vocab_size=66)).eval()
+    hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(**hf_config(model.config), attn_implementation="sdpa")).eval()
+    hf.load_state_dict({hf_name(k): v for k, v in model_tensors(model).items()}, strict=False)
+    prompt = [1, 2, 3, 4, 5, 6, 7, 8]
+    n = args.tokens
+
+    def blu_run(options):
+        return lambda: sum(1 for _ in stream_tokens(model, prompt, n, options, torch.Generator().manual_seed(0)))
+
+    def hf_run():
+        with torch.inference_mode():
+            out = hf.generate(torch.tensor([prompt]), max_new_tokens=n, min_new_tokens=n, do_sample=False)
+        assert out.shape[1] == len(prompt) + n
+
+    contenders = {"blu greedy": blu_run(SamplingOptions(0.0)), "blu sampling (T 0.8, top-p 0.9)": blu_run(SamplingOptions(0.8, 0, 0.9)),
+                  "transformers generate() greedy": hf_run}
+    for fn in contenders.values():
+        fn()  # warm-up
+    seconds = {name: [] for name in contenders}
+    for _ in range(args.rounds):
+        for name, fn in contenders.items():
+            seconds[name].append(timed(fn))
+    rows = [{"implementation": name, "tokens_per_s": n / statistics.median(s)} for name, s in seconds.items()]
+    ratio = rows[0]["tokens_per_s"] / rows[-1]["tokens_per_s"]
+    print(f"{model.num_parameters():,} parameters, context {model.config.context}, {n} new tokens, batch 1")
+    print(table(rows))
+    print(f"blu greedy / transformers greedy: {ratio:.1f}x")
+    print("wrote", save("generate_speed", {"rows": rows, "ratio": ratio, "new_tokens": n}))
+
+
+if __name__ == "__main__":
+    main()

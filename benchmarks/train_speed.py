@@ -1,0 +1,69 @@
+"""Training tokens/s of blu against transformers' LlamaForCausalLM on the same
+configuration, the same batches and the same AdamW, in one process.
+
+    python benchmarks/train_speed.py [--preset seed] [--steps 20] [--rounds 3]
+
+The two alternate in rounds so that noise from a shared machine hits both alike.
+"""
+
+import argparse
+from dataclasses import replace
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+import transformers
+
+from blu.config import PRESETS
+from blu.export import hf_config
+from blu.model import Transformer
+from common import save, table
+
+
+def steps_per_s(model, forward, batches, lr):
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
+    start = time.perf_counter()
+    for x, y in batches:
+        loss = F.cross_entropy(forward(model, x).flatten(0, 1), y.flatten())
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return len(batches) / (time.perf_counter() - start)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", default="seed", choices=sorted(PRESETS))
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+
+    preset = PRESETS[args.preset]
+    config = replace(preset.model, vocab_size=66)  # tiny Shakespeare: 65 characters + <unk>
+    B, T = preset.train.batch_size, config.context
+    torch.manual_seed(0)
+    batches = [(torch.randint(0, 66, (B, T)), torch.randint(0, 66, (B, T))) for _ in range(args.steps)]
+    models = {
+        "blu": (Transformer(config), lambda m, x: m(x)),
+        "transformers": (transformers.LlamaForCausalLM(transformers.LlamaConfig(**hf_config(config), attn_implementation="sdpa")),
+                         lambda m, x: m(x).logits),
+    }
+    for model, forward in models.values():  # warm up allocators and kernels
+        steps_per_s(model, forward, batches[:3], preset.train.lr)
+    rates = {name: [] for name in models}
+    for _ in range(args.rounds):
+        for name, (model, forward) in models.items():
+            rates[name].append(steps_per_s(model, forward, batches, preset.train.lr) * B * T)
+    rows = [{"implementation": name, "tokens_per_s": statistics.median(r), "rounds": ", ".join(f"{v:,.0f}" for v in r)}
+            for name, r in rates.items()]
+    ratio = rows[0]["tokens_per_s"] / rows[1]["tokens_per_s"]
+    print(f"preset {args.preset}: batch {B} x {T}, {Transformer(config).num_parameters():,} parameters")
+    print(table(rows))
+    print(f"blu / transformers: {ratio:.2f}x")
+    print("wrote", save(f"train_speed_{args.preset}", {"rows": rows, "ratio": ratio, "batch": B, "context": T}))
+
+
+if __name__ == "__main__":
+    main()
