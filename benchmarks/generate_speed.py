@@ -14,12 +14,10 @@ import statistics
 import time
 
 import torch
-import transformers
 
 import blu
-from blu.checkpoint import model_tensors
 from blu.config import PRESETS
-from blu.export import hf_config, hf_name
+from blu.export import to_transformers
 from blu.generate import SamplingOptions, stream_tokens
 from blu.model import Transformer
 from common import save, table
@@ -40,8 +38,7 @@ def main():
 
     torch.manual_seed(0)
     model = blu.load(args.run).model if args.run else Transformer(replace(PRESETS["seed"].model, vocab_size=66)).eval()
-    hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(**hf_config(model.config), attn_implementation="sdpa")).eval()
-    hf.load_state_dict({hf_name(k): v for k, v in model_tensors(model).items()}, strict=False)
+    hf = to_transformers(model)
     prompt = [1, 2, 3, 4, 5, 6, 7, 8]
     n = args.tokens
 

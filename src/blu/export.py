@@ -16,27 +16,43 @@ from .checkpoint import atomic_write, load_run, model_tensors
 from .errors import BluError
 from .tokenizer import UNK
 
-# blu name -> transformers name; {i} is the layer index.
+# blu name -> transformers name(s); {i} is the layer index. Fused blu weights
+# split along their rows into the transformers weights listed, in order.
 HF_NAMES = {
-    "tok_embeddings.weight": "model.embed_tokens.weight",
-    "layers.{i}.attention_norm.weight": "model.layers.{i}.input_layernorm.weight",
-    "layers.{i}.attention.q_proj.weight": "model.layers.{i}.self_attn.q_proj.weight",
-    "layers.{i}.attention.k_proj.weight": "model.layers.{i}.self_attn.k_proj.weight",
-    "layers.{i}.attention.v_proj.weight": "model.layers.{i}.self_attn.v_proj.weight",
-    "layers.{i}.attention.o_proj.weight": "model.layers.{i}.self_attn.o_proj.weight",
-    "layers.{i}.ffn_norm.weight": "model.layers.{i}.post_attention_layernorm.weight",
-    "layers.{i}.feed_forward.gate_proj.weight": "model.layers.{i}.mlp.gate_proj.weight",
-    "layers.{i}.feed_forward.up_proj.weight": "model.layers.{i}.mlp.up_proj.weight",
-    "layers.{i}.feed_forward.down_proj.weight": "model.layers.{i}.mlp.down_proj.weight",
-    "norm.weight": "model.norm.weight",
-    "output.weight": "lm_head.weight",
+    "tok_embeddings.weight": ("model.embed_tokens.weight",),
+    "layers.{i}.attention_norm.weight": ("model.layers.{i}.input_layernorm.weight",),
+    "layers.{i}.attention.qkv_proj.weight": (
+        "model.layers.{i}.self_attn.q_proj.weight",
+        "model.layers.{i}.self_attn.k_proj.weight",
+        "model.layers.{i}.self_attn.v_proj.weight",
+    ),
+    "layers.{i}.attention.o_proj.weight": ("model.layers.{i}.self_attn.o_proj.weight",),
+    "layers.{i}.ffn_norm.weight": ("model.layers.{i}.post_attention_layernorm.weight",),
+    "layers.{i}.feed_forward.gate_up_proj.weight": (
+        "model.layers.{i}.mlp.gate_proj.weight",
+        "model.layers.{i}.mlp.up_proj.weight",
+    ),
+    "layers.{i}.feed_forward.down_proj.weight": ("model.layers.{i}.mlp.down_proj.weight",),
+    "norm.weight": ("model.norm.weight",),
+    "output.weight": ("lm_head.weight",),
 }
 
 
-def hf_name(name: str) -> str:
-    layer = re.match(r"layers\.(\d+)\.", name)
-    pattern = name.replace(layer.group(0), "layers.{i}.", 1) if layer else name
-    return HF_NAMES[pattern].format(i=layer.group(1) if layer else "")
+def hf_state_dict(tensors: dict, config) -> dict:
+    """blu weights (as from checkpoint.model_tensors) renamed and split for LlamaForCausalLM."""
+    split_rows = {
+        "qkv_proj": [config.n_head * config.head_dim] + [config.n_kv_head * config.head_dim] * 2,
+        "gate_up_proj": [config.hidden_dim] * 2,
+    }
+    out = {}
+    for name, tensor in tensors.items():
+        layer = re.match(r"layers\.(\d+)\.", name)
+        pattern = name.replace(layer.group(0), "layers.{i}.", 1) if layer else name
+        targets = [t.format(i=layer.group(1)) if layer else t for t in HF_NAMES[pattern]]
+        fused = name.split(".")[-2]
+        pieces = tensor.split(split_rows[fused]) if len(targets) > 1 else (tensor,)
+        out.update((t, p.contiguous()) for t, p in zip(targets, pieces))
+    return out
 
 
 def hf_config(config) -> dict:
@@ -80,13 +96,24 @@ def hf_tokenizer(tokenizer) -> dict:
     }
 
 
+def to_transformers(model):
+    """The same weights in a transformers LlamaForCausalLM (needs transformers installed)."""
+    import transformers
+
+    hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(**hf_config(model.config)))
+    missing, unexpected = hf.load_state_dict(hf_state_dict(model_tensors(model), model.config), strict=False)
+    if unexpected or set(missing) - ({"lm_head.weight"} if model.config.tie_embeddings else set()):
+        raise RuntimeError(f"weight names do not match transformers: {unexpected} {missing}")
+    return hf.eval()
+
+
 def export_hf(run_dir, out_dir) -> Path:
     """Write a folder that AutoModelForCausalLM and AutoTokenizer load; return its path."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise BluError(f"--out {out_dir} is a file, not a folder")
     _, model, tokenizer = load_run(run_dir)
-    weights = {hf_name(k): v for k, v in model_tensors(model).items()}
+    weights = hf_state_dict(model_tensors(model), model.config)
     atomic_write(out_dir / "model.safetensors", safetensors_bytes(weights, metadata={"format": "pt"}))
     files = {
         "config.json": hf_config(model.config),

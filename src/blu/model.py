@@ -21,23 +21,22 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x):
-        # Normalise in fp32 as transformers does, so bf16 autocast stays stable.
-        x32 = x.float()
-        return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
-
-
-def rotate_half(x):
-    """Hugging Face's rotary layout: dimension i is paired with i + head_dim/2."""
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
+        return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
 
 
 def rope_table(config: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin for positions 0..context-1, each (context, head_dim)."""
+    """cos and signed sin for positions 0..context-1, each (context, head_dim).
+
+    Hugging Face's layout pairs dimension i with i + head_dim/2 and rotates with
+    rotate_half(x) = cat(-x2, x1). Since roll(x, head_dim/2) = cat(x2, x1), we
+    fold the sign into the sin table: rotate_half(x) * sin = roll(x) * cat(-sin, sin)."""
     inv_freq = 1.0 / config.rope_theta ** (torch.arange(0, config.head_dim, 2, dtype=torch.float32) / config.head_dim)
-    angles = torch.outer(torch.arange(config.context, dtype=torch.float32), inv_freq)
-    angles = torch.cat((angles, angles), dim=-1)
-    return angles.cos(), angles.sin()
+    angles = torch.outer(torch.arange(config.context, dtype=torch.float32), inv_freq)  # (context, head_dim/2)
+    return torch.cat((angles.cos(), angles.cos()), dim=-1), torch.cat((-angles.sin(), angles.sin()), dim=-1)
+
+
+def apply_rope(x, cos, signed_sin):
+    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * signed_sin
 
 
 class Attention(nn.Module):
@@ -45,18 +44,17 @@ class Attention(nn.Module):
         super().__init__()
         self.layer_index = layer_index
         self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
-        self.q_proj = nn.Linear(config.dim, config.n_head * config.head_dim, bias=False)
-        self.k_proj = nn.Linear(config.dim, config.n_kv_head * config.head_dim, bias=False)
-        self.v_proj = nn.Linear(config.dim, config.n_kv_head * config.head_dim, bias=False)
+        # Queries, keys and values in one matmul: rows are [q heads | k heads | v heads].
+        self.qkv_proj = nn.Linear(config.dim, (config.n_head + 2 * config.n_kv_head) * config.head_dim, bias=False)
         self.o_proj = nn.Linear(config.n_head * config.head_dim, config.dim, bias=False)
 
     def forward(self, x, cos, sin, cache=None):
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, n_head, T, head_dim)
-        k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, n_kv_head, T, head_dim)
-        v = self.v_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, n_kv_head, T, head_dim)
-        q = q * cos + rotate_half(q) * sin
-        k = k * cos + rotate_half(k) * sin
+        n_qk = self.n_head + self.n_kv_head
+        qkv = self.qkv_proj(x).view(B, T, n_qk + self.n_kv_head, self.head_dim).transpose(1, 2)
+        # (B, n_head + 2 n_kv_head, T, head_dim); rotate queries and keys together
+        qk = apply_rope(qkv[:, :n_qk], cos, sin)
+        q, k, v = qk[:, : self.n_head], qk[:, self.n_head :], qkv[:, n_qk:]  # (B, heads, T, head_dim)
 
         mask, is_causal = None, T > 1
         if cache is not None:
@@ -77,12 +75,12 @@ class Attention(nn.Module):
 class FeedForward(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.gate_proj = nn.Linear(config.dim, config.hidden_dim, bias=False)
-        self.up_proj = nn.Linear(config.dim, config.hidden_dim, bias=False)
+        self.gate_up_proj = nn.Linear(config.dim, 2 * config.hidden_dim, bias=False)  # rows: [gate | up]
         self.down_proj = nn.Linear(config.hidden_dim, config.dim, bias=False)
 
     def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
 
 
 class Block(nn.Module):
