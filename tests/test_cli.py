@@ -1,5 +1,6 @@
 """The `blu` command called as a user calls it: outputs, files, and one-line errors with exit code 2."""
 
+import io
 import json
 import os
 from pathlib import Path
@@ -61,6 +62,31 @@ def test_generate_without_prompt_uses_the_seed_prompts(trained, capfd):
 def test_generate_drops_unknown_prompt_characters_and_says_so(trained, capfd):
     code, out, err = blu(capfd, "generate", "--run", trained, "--prompt", "ROMEO\u2603:", "--max-new-tokens", 5)
     assert code == 0 and "\u2603" in err and "dropping" in err
+
+
+def test_generate_controls_from_the_command_line(trained, capfd):
+    base = ["generate", "--run", trained, "--prompt", "KING:", "--max-new-tokens", 150, "--temperature", 0]
+    _, full, _ = blu(capfd, *base)
+    stop = full[len("KING:") + 40 : len("KING:") + 42]
+    _, cut, _ = blu(capfd, *base, "--stop", stop, "--stop", "never seen")
+    assert cut == full[: full.index(stop, len("KING:"))] + "\n"
+    code, out, _ = blu(capfd, "generate", "--run", trained, "--prompt", "KING:", "--max-new-tokens", 30,
+                       "--num-samples", 3, "--seed", 0, "--min-p", 0.05, "--repetition-penalty", 1.3)
+    assert code == 0 and out.count("KING:") == 3 and len(out) == 3 * (5 + 30) + 2 * 2 + 1
+
+
+def test_interactive_mode_reads_prompts_until_end_of_input(trained, capfd, monkeypatch):
+    monkeypatch.setattr("sys.stdin", io.StringIO("ROMEO:\nJULIET:\n"))
+    code, out, _ = blu(capfd, "generate", "--run", trained, "-i", "--max-new-tokens", 20, "--seed", 0)
+    assert code == 0 and out.startswith("ROMEO:") and out.count("JULIET:") >= 1
+    assert len(out) == len("ROMEO:") + 20 + 1 + len("JULIET:") + 20 + 1
+
+
+def test_eval_stream_reports_losses_by_position(trained, capfd):
+    code, out, _ = blu(capfd, "eval", "--run", trained, "--stream", "--json")
+    result = json.loads(out)
+    assert code == 0 and result["context"] == 64
+    assert [(b["from"], b["to"]) for b in result["buckets"]] == [(1, 32), (32, 64), (64, 128), (128, 256), (256, 512)]
 
 
 def test_eval_json(trained, capfd, small_corpus, tmp_path):
@@ -142,6 +168,10 @@ def test_bad_generation_and_run_folders(tmp_path, capfd, trained):
     one_line_error(capfd, "generate", "--run", trained, "--max-new-tokens", "-1", match="max-new-tokens")
     one_line_error(capfd, "generate", "--run", tmp_path / "nowhere", match="no such run folder")
     one_line_error(capfd, "generate", "--run", trained, "--bogus", match="unrecognized arguments")
+    one_line_error(capfd, "generate", "--run", trained, "--min-p", "1", match="min-p must be in [0, 1)")
+    one_line_error(capfd, "generate", "--run", trained, "--repetition-penalty", "0", match="repetition-penalty")
+    one_line_error(capfd, "generate", "--run", trained, "--num-samples", "0", match="num-samples")
+    one_line_error(capfd, "generate", "--run", trained, "--top-k", "-1", match="top-k")
 
     broken = tmp_path / "broken"
     broken.mkdir()

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from blu.errors import BluError
-from blu.generate import KVCache, SamplingOptions, TextGenerator, sample, stream_tokens
+from blu.generate import KVCache, SamplingOptions, StopStrings, TextGenerator, sample, stream_tokens
 from blu.model import Transformer
 from blu.tokenizer import CharTokenizer
 from test_model import tiny
@@ -79,3 +79,54 @@ def test_bad_sampling_values(model, options):
     run = TextGenerator(model, CharTokenizer([chr(ord("a") + i) for i in range(66)]))
     with pytest.raises(BluError):
         list(run.generate("ab", **options))
+
+
+def test_min_p_drops_unlikely_tokens():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    g = torch.Generator().manual_seed(0)
+    drawn = {int(sample(logits, SamplingOptions(1.0, min_p=0.5), g)) for _ in range(300)}
+    assert drawn == {0, 1}  # 0.15 and 0.05 are below 0.5 x 0.5
+
+
+def test_repetition_penalty_as_defined():
+    recent = torch.tensor([[0]])
+    for logits, expected in (([2.0, 1.5, -3.0], 1), ([-1.0, -1.5, -3.0], 1), ([2.0, 0.5, -3.0], 0)):
+        options = SamplingOptions(0.0, repetition_penalty=2.0)
+        assert int(sample(torch.tensor([logits]), options, None, recent)) == expected
+    assert int(sample(torch.tensor([[2.0, 1.5]]), SamplingOptions(0.0), None, recent)) == 0  # off by default
+
+
+def test_stop_strings_hold_back_only_possible_starts():
+    stops = StopStrings(["\n\n", "END"])
+    assert stops.feed("Hello E") == "Hello "  # "E" may begin "END"
+    assert stops.feed("ve") == "Eve"
+    assert stops.feed("ning\n") == "ning"
+    assert stops.feed("\nmore") == "" and stops.stopped
+    assert stops.flush() == ""
+    open_ended = StopStrings(["END"])
+    assert open_ended.feed("the EN") == "the " and open_ended.flush() == "EN"
+
+
+def test_generate_stops_before_the_stop_string(model):
+    run = TextGenerator(model, CharTokenizer([chr(ord("a") + i) for i in range(66)]))
+    full = "".join(run.generate("abc", 120, temperature=0))
+    stop = full[60:63]
+    cut = "".join(run.generate("abc", 120, temperature=0, stop=[stop]))
+    assert cut == full[: full.index(stop)]
+
+
+def test_batched_samples(model):
+    run = TextGenerator(model, CharTokenizer([chr(ord("a") + i) for i in range(66)]))
+    texts = run.generate_many("abc", num_samples=4, max_new_tokens=80, seed=5, temperature=1.0)
+    assert len(texts) == 4 and all(len(t) == 80 for t in texts) and len(set(texts)) == 4
+    assert run.generate_many("abc", num_samples=4, max_new_tokens=80, seed=5, temperature=1.0) == texts
+    greedy = run.generate_many("abc", num_samples=2, max_new_tokens=80, temperature=0)
+    assert greedy == ["".join(run.generate("abc", 80, temperature=0))] * 2
+
+
+@pytest.mark.parametrize("options", [dict(min_p=1.0), dict(repetition_penalty=0), dict(repetition_window=0),
+                                     dict(temperature=float("nan"))])
+def test_more_bad_sampling_values(model, options):
+    run = TextGenerator(model, CharTokenizer([chr(ord("a") + i) for i in range(66)]))
+    with pytest.raises(BluError):
+        run.generate("ab", **options)

@@ -74,10 +74,17 @@ def build_parser() -> argparse.ArgumentParser:
     gen = commands.add_parser("generate", help="generate text from a trained run", formatter_class=fmt)
     gen.add_argument("--run", required=True, help="run folder")
     gen.add_argument("--prompt", help="text to continue (default: the original Blu's four sample prompts)")
+    gen.add_argument("-i", "--interactive", action="store_true", help="read prompts line by line from stdin")
     gen.add_argument("--max-new-tokens", type=int, default=500)
     gen.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
     gen.add_argument("--top-k", type=int, default=0, help="keep the k likeliest tokens (0 = off)")
     gen.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling mass (1 = off)")
+    gen.add_argument("--min-p", type=float, default=0.0, help="drop tokens below this fraction of the likeliest (0 = off)")
+    gen.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages recent tokens (1 = off)")
+    gen.add_argument("--repetition-window", type=int, default=64, help="how many recent tokens the penalty looks at")
+    gen.add_argument("--stop", action="append", default=[], metavar="TEXT",
+                     help="stop before this text (repeatable; the stop text is not printed)")
+    gen.add_argument("--num-samples", type=int, default=1, help="continuations per prompt, generated as one batch")
     gen.add_argument("--seed", type=int, help="same seed, same text (default: random)")
     gen.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"], help="where to run the model")
 
@@ -85,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--run", required=True, help="run folder")
     ev.add_argument("--data", help="score this text file instead of the run's validation split")
     ev.add_argument("--json", action="store_true", help="print one JSON object")
+    ev.add_argument("--stream", action="store_true",
+                    help="loss by position through the generation path, up to 8x the context")
     ev.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="where to run the model")
 
     exp = commands.add_parser("export", help="export a run for other tools", formatter_class=fmt)
@@ -158,25 +167,65 @@ def cmd_generate(args) -> int:
     from . import load
     from .train import pick_device
 
-    if args.max_new_tokens < 0:
-        raise BluError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
     run = load(args.run, pick_device(args.device))
+    controls = dict(max_new_tokens=args.max_new_tokens, seed=args.seed, stop=args.stop, temperature=args.temperature,
+                    top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+                    repetition_penalty=args.repetition_penalty, repetition_window=args.repetition_window)
+    run.generate("", **controls)  # checks every value (and generates nothing until iterated)
+    if args.num_samples < 1:
+        raise BluError(f"--num-samples must be at least 1, got {args.num_samples}")
+    if args.interactive:
+        return interactive(run, controls)
     if args.prompt is not None:
         prompts = [args.prompt]
     else:
         prompts = [p for p in SEED_PROMPTS if not run.unknown_chars(p)] or [""]
     for i, prompt in enumerate(prompts):
-        unknown = run.unknown_chars(prompt)
-        if unknown:
-            say(f"blu: dropping prompt characters the model never saw: {''.join(unknown)!r}")
+        warn_unknown(run, prompt)
         seed = None if args.seed is None else args.seed + i
-        pieces = run.generate(prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p, seed)
-        sys.stdout.write(("\n\n" if i else "") + prompt)
-        for piece in pieces:
-            sys.stdout.write(piece)
-            sys.stdout.flush()
+        if args.num_samples == 1:
+            sys.stdout.write(("\n\n" if i else "") + prompt)
+            for piece in run.generate(prompt, **{**controls, "seed": seed}):
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+        else:
+            texts = run.generate_many(prompt, args.num_samples, **{**controls, "seed": seed})
+            sys.stdout.write(("\n\n" if i else "") + "\n\n".join(prompt + text for text in texts))
     sys.stdout.write("\n")
     return 0
+
+
+def warn_unknown(run, prompt: str) -> None:
+    unknown = run.unknown_chars(prompt)
+    if unknown:
+        say(f"blu: dropping prompt characters the model never saw: {''.join(unknown)!r}")
+
+
+def interactive(run, controls) -> int:
+    """One continuation per line of input until end of input; Ctrl-C ends the current continuation only."""
+    tty = sys.stdin.isatty()
+    while True:
+        try:
+            if tty:
+                sys.stderr.write("> ")
+                sys.stderr.flush()
+            line = sys.stdin.readline()
+        except KeyboardInterrupt:  # at the prompt: a fresh prompt, as in a shell
+            sys.stderr.write("\n")
+            continue
+        if not line:
+            return 0
+        prompt = line.rstrip("\n")
+        warn_unknown(run, prompt)
+        sys.stdout.write(prompt)
+        try:
+            for piece in run.generate(prompt, **controls):
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+        except KeyboardInterrupt:
+            pass
+        sys.stdout.write("\n")
+        sys.stdout.flush()
 
 
 def cmd_eval(args) -> int:
@@ -195,6 +244,17 @@ def cmd_eval(args) -> int:
     else:
         text, path = load_text(meta["data"]["path"], meta["data"]["sha256"])
         _, tokens = split(tokenizer.encode_array(text)[0], model.config.context, str(path))
+    if args.stream:
+        from .generate import stream_eval
+
+        buckets = stream_eval(model, tokens)
+        if args.json:
+            print(json.dumps({"context": model.config.context, "buckets": buckets}))
+        else:
+            print(f"loss by position through the generation path (context {model.config.context}):")
+            for b in buckets:
+                print(f"  positions {b['from']:>5}-{b['to'] - 1:<5} {b['loss']:.4f} nats/char  ({b['tokens']:,} tokens)")
+        return 0
     loss, count = evaluate(model, tokens)
     result = {"val_loss": loss, "val_bpc": loss / math.log(2), "tokens": count}
     if args.json:

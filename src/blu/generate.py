@@ -10,6 +10,7 @@ history, exactly the situation of the second half of a training window.
 """
 
 from dataclasses import dataclass
+import math
 
 import torch
 
@@ -45,20 +46,39 @@ class KVCache:
 @dataclass(frozen=True)
 class SamplingOptions:
     temperature: float = 0.8  # 0 = greedy
-    top_k: int = 0  # 0 = off
-    top_p: float = 1.0  # 1 = off
+    top_k: int = 0  # keep the k likeliest tokens; 0 = off
+    top_p: float = 1.0  # keep the smallest set whose probability reaches p; 1 = off
+    min_p: float = 0.0  # drop tokens less likely than min_p times the likeliest; 0 = off
+    repetition_penalty: float = 1.0  # > 1 discourages tokens seen in the last repetition_window; 1 = off
+    repetition_window: int = 64
 
     def validate(self):
-        if not self.temperature >= 0:
+        if not (self.temperature >= 0 and math.isfinite(self.temperature)):
             raise BluError(f"temperature must be >= 0, got {self.temperature}")
         if self.top_k < 0:
             raise BluError(f"top-k must be >= 0 (0 turns it off), got {self.top_k}")
         if not 0 < self.top_p <= 1:
             raise BluError(f"top-p must be in (0, 1], got {self.top_p}")
+        if not 0 <= self.min_p < 1:
+            raise BluError(f"min-p must be in [0, 1), got {self.min_p}")
+        if not (self.repetition_penalty > 0 and math.isfinite(self.repetition_penalty)):
+            raise BluError(f"repetition-penalty must be positive (1 turns it off), got {self.repetition_penalty}")
+        if self.repetition_window < 1:
+            raise BluError(f"repetition-window must be at least 1, got {self.repetition_window}")
 
 
-def sample(logits: torch.Tensor, options: SamplingOptions, generator: torch.Generator | None) -> torch.Tensor:
-    """Next token ids (B,) from logits (B, vocab) under temperature, top-k and top-p."""
+def penalize_repetition(logits, recent, penalty: float):
+    """Divide positive logits (multiply negative ones) of tokens in `recent` (B, W) by `penalty`,
+    as in CTRL and transformers' RepetitionPenaltyLogitsProcessor."""
+    seen = torch.zeros_like(logits, dtype=torch.bool).scatter_(1, recent, True)
+    return torch.where(seen, torch.where(logits > 0, logits / penalty, logits * penalty), logits)
+
+
+def sample(logits: torch.Tensor, options: SamplingOptions, generator: torch.Generator | None,
+           recent: torch.Tensor | None = None) -> torch.Tensor:
+    """Next token ids (B,) from logits (B, vocab); `recent` (B, W) are the last tokens, for the repetition penalty."""
+    if options.repetition_penalty != 1 and recent is not None:
+        logits = penalize_repetition(logits, recent[:, -options.repetition_window :], options.repetition_penalty)
     if options.temperature == 0:
         return logits.argmax(dim=-1)
     logits = logits.float() / options.temperature
@@ -66,37 +86,127 @@ def sample(logits: torch.Tensor, options: SamplingOptions, generator: torch.Gene
         kth = torch.topk(logits, min(options.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     probs = torch.softmax(logits, dim=-1)
+    if options.min_p:
+        probs = probs.masked_fill(probs < options.min_p * probs.max(dim=-1, keepdim=True).values, 0.0)
     if options.top_p < 1:
         sorted_probs, order = probs.sort(dim=-1, descending=True)
         # Keep the smallest set whose mass reaches top_p: drop a token when the mass before it already does.
-        drop = sorted_probs.cumsum(dim=-1) - sorted_probs >= options.top_p
-        sorted_probs = sorted_probs.masked_fill(drop, 0.0)
-        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+        cumulative = sorted_probs.cumsum(dim=-1)
+        drop = cumulative - sorted_probs >= options.top_p * cumulative[:, -1:]
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs.masked_fill(drop, 0.0))
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
 @torch.inference_mode()
-def stream_tokens(model, prompt_ids: list[int], max_new_tokens: int, options: SamplingOptions, generator=None):
-    """Yield `max_new_tokens` token ids continuing `prompt_ids`, for any length of prompt and output."""
+def decode(model, prompt: torch.Tensor, steps: int, choose, history_length: int = 0):
+    """The generation loop. Feed `prompt` (B, P), then `steps` times ask
+    `choose(logits (B, vocab), history (B, L))` for the next tokens (B,), yield them and feed
+    them back, refilling the cache as the module docstring says. `history` holds the last
+    max(context, history_length) tokens."""
     context = model.config.context
-    keep = max(1, context // 2)  # history kept when the cache is full (see the module docstring)
-    device = model.tok_embeddings.weight.device
-    cache = KVCache.for_model(model, batch_size=1)
-    history = list(prompt_ids)[-context:]
-    if not history:
-        raise ValueError("stream_tokens needs at least one prompt token")
-    logits = model(torch.tensor([history], device=device), cache)[:, -1]
-    for _ in range(max_new_tokens):
-        logits[:, 0] = float("-inf")  # never emit <unk>: it stands for no character in particular
-        token = sample(logits, options, generator)
-        yield int(token)
-        history.append(int(token))
+    keep = max(1, context // 2)
+    cache = KVCache.for_model(model, batch_size=prompt.shape[0])
+    history = prompt[:, -context:]
+    logits = model(history, cache)[:, -1]
+    for _ in range(steps):
+        token = choose(logits, history)
+        yield token
+        history = torch.cat((history[:, -max(context, history_length) :], token[:, None]), dim=1)
         if cache.pos == context:
-            history = history[-keep:]
             cache.reset()
-            logits = model(torch.tensor([history], device=device), cache)[:, -1]
+            logits = model(history[:, -keep:], cache)[:, -1]
         else:
-            logits = model(token.view(1, 1), cache)[:, -1]
+            logits = model(token[:, None], cache)[:, -1]
+
+
+def stream_tokens(model, prompt_ids: list[int], max_new_tokens: int, options: SamplingOptions, generator=None):
+    """Yield `max_new_tokens` token ids continuing `prompt_ids` (at least one), for any length of prompt and output."""
+    if not prompt_ids:
+        raise ValueError("stream_tokens needs at least one prompt token")
+    device = model.tok_embeddings.weight.device
+    prompt = torch.tensor([list(prompt_ids)], device=device)
+    for token in decode(model, prompt, max_new_tokens, _sampler(options, generator), options.repetition_window):
+        yield int(token[0])
+
+
+def _sampler(options: SamplingOptions, generator):
+    def choose(logits, history):
+        logits[:, 0] = float("-inf")  # never emit <unk>: it stands for no character in particular
+        return sample(logits, options, generator, history)
+
+    return choose
+
+
+def stream_losses(model, tokens: torch.Tensor) -> torch.Tensor:
+    """Teacher forcing through the generation loop: the loss (B, L-1) of each token of
+    `tokens` (B, L) given everything before it, as generation would have computed it."""
+    losses = []
+
+    def choose(logits, history):
+        target = tokens[:, len(losses) + 1]
+        losses.append(torch.nn.functional.cross_entropy(logits.float(), target, reduction="none"))
+        return target
+
+    for _ in decode(model, tokens[:, :1], tokens.shape[1] - 1, choose):
+        pass
+    return torch.stack(losses, dim=1)
+
+
+def position_buckets(context: int, span: int) -> list[tuple[int, int]]:
+    """[from, to) ranges of stream position: the two halves of the context, then doublings to span x context."""
+    half = max(1, context // 2)
+    buckets, start = [(1, half), (half, context)], context
+    while start < span * context:
+        buckets.append((start, min(2 * start, span * context)))
+        start *= 2
+    return buckets
+
+
+def stream_eval(model, tokens, span: int = 8, batch_size: int = 64) -> list[dict]:
+    """Mean loss by position bucket over consecutive segments of `span` contexts of `tokens`
+    (a 1-D numpy array), computed through the generation loop: does text stay as good past the context?"""
+    length = span * model.config.context + 1
+    n_segments = len(tokens) // length
+    if n_segments == 0:
+        raise BluError(f"stream evaluation needs at least {length} tokens, the text has {len(tokens)}")
+    data = torch.from_numpy(tokens[: n_segments * length].astype("int64")).view(n_segments, length)
+    device = model.tok_embeddings.weight.device
+    losses = torch.cat([stream_losses(model, data[i : i + batch_size].to(device)).cpu()
+                        for i in range(0, n_segments, batch_size)])  # (segments, length - 1); column t predicts token t + 1
+    rows = []
+    for start, end in position_buckets(model.config.context, span):
+        piece = losses[:, start - 1 : end - 1]
+        # The standard error tells a real difference between buckets from the variety of the text in them.
+        rows.append({"from": start, "to": end, "loss": piece.mean().item(), "tokens": piece.numel(),
+                     "stderr": (piece.var() / piece.numel()).sqrt().item()})
+    return rows
+
+
+class StopStrings:
+    """Cuts streamed text at the first stop string, holding back only what could still begin one."""
+
+    def __init__(self, stops):
+        self.stops = [s for s in stops if s]
+        self.pending = ""
+        self.stopped = False
+
+    def feed(self, piece: str) -> str:
+        """The text that is now safe to show."""
+        if self.stopped:
+            return ""
+        self.pending += piece
+        hits = [self.pending.find(s) for s in self.stops if s in self.pending]
+        if hits:
+            self.stopped = True
+            out, self.pending = self.pending[: min(hits)], ""
+            return out
+        hold = max((k for s in self.stops for k in range(1, len(s)) if self.pending.endswith(s[:k])), default=0)
+        out, self.pending = self.pending[: len(self.pending) - hold], self.pending[len(self.pending) - hold :]
+        return out
+
+    def flush(self) -> str:
+        out, self.pending = ("" if self.stopped else self.pending), ""
+        return out
 
 
 class TextGenerator:
@@ -107,23 +217,56 @@ class TextGenerator:
         self.tokenizer = tokenizer
         self.config = config
 
-    def generate(self, prompt: str = "", max_new_tokens: int = 200, temperature: float = 0.8,
-                 top_k: int = 0, top_p: float = 1.0, seed: int | None = None):
-        """Iterate over pieces of text continuing `prompt` (which is not repeated).
-
-        Prompt characters outside the vocabulary are dropped; see `unknown_chars`."""
-        options = SamplingOptions(temperature, top_k, top_p)
+    def _prepare(self, prompt: str, max_new_tokens: int, seed, controls: dict):
+        options = SamplingOptions(**controls)
         options.validate()
         if max_new_tokens < 0:
             raise BluError(f"max-new-tokens must be >= 0, got {max_new_tokens}")
-        generator = None
-        if seed is not None:
-            generator = torch.Generator(device=self.model.tok_embeddings.weight.device).manual_seed(seed)
+        device = self.model.tok_embeddings.weight.device
+        generator = None if seed is None else torch.Generator(device=device).manual_seed(seed)
         ids = [i for i in self.tokenizer.encode(prompt) if i != 0]
         if not ids:  # there is no beginning-of-text token: start after a newline, like a new paragraph
             ids = [self.tokenizer.stoi.get("\n", 1)]
-        # A plain function returning a generator, so that bad values fail here and not at the first piece.
-        return (self.tokenizer.decode([t]) for t in stream_tokens(self.model, ids, max_new_tokens, options, generator))
+        return options, generator, ids
+
+    def generate(self, prompt: str = "", max_new_tokens: int = 200, seed: int | None = None,
+                 stop: list[str] = (), **controls):
+        """An iterator over pieces of text continuing `prompt` (which is not repeated).
+
+        `controls` are the fields of SamplingOptions (temperature, top_k, top_p, min_p,
+        repetition_penalty, repetition_window); generation ends early at any of the
+        `stop` strings, which are not included. Prompt characters outside the vocabulary
+        are dropped (see `unknown_chars`). Bad values raise BluError here, not at the first piece."""
+        options, generator, ids = self._prepare(prompt, max_new_tokens, seed, controls)
+        tokens = stream_tokens(self.model, ids, max_new_tokens, options, generator)
+        return self._text(tokens, StopStrings(stop))
+
+    def _text(self, tokens, stops: StopStrings):
+        for token in tokens:
+            piece = stops.feed(self.tokenizer.decode([token]))
+            if piece:
+                yield piece
+            if stops.stopped:
+                return
+        if rest := stops.flush():
+            yield rest
+
+    def generate_many(self, prompt: str = "", num_samples: int = 1, max_new_tokens: int = 200,
+                      seed: int | None = None, stop: list[str] = (), **controls) -> list[str]:
+        """`num_samples` continuations of one prompt, computed together as a batch."""
+        if num_samples < 1:
+            raise BluError(f"num-samples must be at least 1, got {num_samples}")
+        options, generator, ids = self._prepare(prompt, max_new_tokens, seed, controls)
+        prompt_tensor = torch.tensor([ids] * num_samples, device=self.model.tok_embeddings.weight.device)
+        filters = [StopStrings(stop) for _ in range(num_samples)]
+        texts = [""] * num_samples
+        choose = _sampler(options, generator)
+        for tokens in decode(self.model, prompt_tensor, max_new_tokens, choose, options.repetition_window):
+            for row, token in enumerate(tokens.tolist()):
+                texts[row] += filters[row].feed(self.tokenizer.decode([token]))
+            if all(f.stopped for f in filters):
+                break
+        return [text + f.flush() for text, f in zip(texts, filters)]
 
     def unknown_chars(self, prompt: str) -> list[str]:
         return self.tokenizer.unknown_chars(prompt)

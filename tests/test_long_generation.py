@@ -1,0 +1,67 @@
+"""Text of any length: a small model trained on tiny Shakespeare keeps its quality past its context."""
+
+import pytest
+import torch
+
+from blu.config import ModelConfig, TrainConfig
+from blu.data import read_corpus, split
+from blu.generate import TextGenerator, position_buckets, stream_eval
+from blu.tokenizer import CharTokenizer
+from blu.train import train
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, shakespeare):
+    run = tmp_path_factory.mktemp("run")
+    text = read_corpus(shakespeare)
+    tokenizer = CharTokenizer.from_text(text)
+    model_config = ModelConfig(vocab_size=tokenizer.vocab_size, dim=64, n_layer=2, n_head=4, n_kv_head=4,
+                               hidden_dim=192, context=32)
+    config = TrainConfig(batch_size=32, lr=4e-3, warmup_iters=20, eval_every=1000, iters=250, sample_chars=0)
+    train_tokens, val_tokens = split(tokenizer.encode_array(text)[0], model_config.context)
+    from blu.checkpoint import save_config
+
+    save_config(run, {"model": model_config.__dict__, "train": config.__dict__, "data": {}}, tokenizer)
+    torch.manual_seed(0)
+    state = train(run, model_config, config, tokenizer, train_tokens, val_tokens, torch.device("cpu"), log=lambda m: None)
+    assert state["best_val_loss"] < 2.4
+    from blu.checkpoint import load_run
+
+    _, model, _ = load_run(run)
+    return model, tokenizer, val_tokens
+
+
+def test_buckets():
+    assert position_buckets(32, 8) == [(1, 16), (16, 32), (32, 64), (64, 128), (128, 256)]
+
+
+def test_loss_past_the_context_is_no_worse_than_in_its_second_half(trained):
+    model, _, val_tokens = trained
+    rows = stream_eval(model, val_tokens[:40_000], span=8)
+    half = rows[1]
+    assert rows[0]["loss"] > half["loss"]  # little history is harder: the measurement is sensitive
+    for row in rows[2:]:
+        # Different buckets hold different text: allow three standard errors of the difference.
+        noise = 3 * (row["stderr"] ** 2 + half["stderr"] ** 2) ** 0.5
+        assert row["loss"] <= half["loss"] + noise, rows
+
+
+def test_stream_losses_match_the_plain_forward_inside_the_context(trained):
+    from blu.generate import stream_losses
+
+    model, _, val_tokens = trained
+    x = torch.from_numpy(val_tokens[:33].astype("int64"))[None]
+    with torch.no_grad():
+        plain = torch.nn.functional.cross_entropy(model(x[:, :-1])[0], x[0, 1:], reduction="none")
+    assert torch.allclose(stream_losses(model, x)[0], plain, atol=1e-5)
+
+
+def test_long_text_does_not_fall_apart(trained):
+    model, tokenizer, _ = trained
+    text = "".join(TextGenerator(model, tokenizer).generate("ROMEO:", 3000, seed=0))
+    assert len(text) == 3000
+
+    def spaces_and_letters(part):  # gibberish loses its word shape: spaces and letters in proportion
+        return sum(c.isalpha() or c.isspace() for c in part) / len(part)
+
+    assert abs(spaces_and_letters(text[:1000]) - spaces_and_letters(text[-1000:])) < 0.05
