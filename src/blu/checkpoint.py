@@ -33,19 +33,23 @@ RUN_FILES = ("config.json", "tokenizer.json", "model.safetensors", "last", "metr
 
 
 def atomic_write(path: Path, data: bytes) -> None:
-    """Write to a temporary file, fsync, then rename: a crash leaves the old file or the new one."""
+    """Write to a temporary file, fsync, then rename: a crash (or a full disk) leaves the old file or the new one."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
         os.fchmod(fd, 0o644)  # mkstemp makes files private; run folders are ordinary files
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
+    except BaseException as error:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+        if isinstance(error, OSError):
+            raise BluError(f"could not save {path} ({error.strerror or error}); its previous version is kept") from None
         raise
 
 

@@ -110,7 +110,6 @@ def say(message: str) -> None:
 def cmd_train(args) -> int:
     from .checkpoint import clear_run, holds_run, load_config, save_config
     from .data import load_text, sha256_of, split
-    from .model import Transformer
     from .tokenizer import CharTokenizer
     from .train import pick_device, train
 
@@ -135,6 +134,8 @@ def cmd_train(args) -> int:
         preset = PRESETS[preset_name]
         tokenizer = CharTokenizer.from_text(text)
         overrides = vars(args)
+        if args.n_head is not None and args.n_kv_head is None:
+            overrides = {**overrides, "n_kv_head": args.n_head}  # plain attention unless asked otherwise
         model_config = replace(with_overrides(preset.model, overrides), vocab_size=tokenizer.vocab_size)
         if args.iters is None and args.time is None:
             budget["iters"] = preset.default_iters
@@ -152,7 +153,7 @@ def cmd_train(args) -> int:
     train_tokens, val_tokens = split(tokens, model_config.context, str(path))
     if not args.resume:
         save_config(out, meta, tokenizer)
-    n_params = Transformer(model_config).num_parameters()
+    n_params = model_config.num_parameters()
     budget_text = " and ".join(filter(None, [f"{train_config.iters} steps" if train_config.iters else "",
                                              f"{train_config.time_s:g} s" if train_config.time_s else ""]))
     say(f"blu {__version__}: {meta['preset']} preset, {n_params / 1e6:.2f}M parameters, vocabulary {tokenizer.vocab_size}, "

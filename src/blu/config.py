@@ -6,6 +6,8 @@ import re
 
 from .errors import BluError
 
+MAX_PARAMETERS = 2_000_000_000  # far beyond one modest GPU; refuses absurd shapes from a damaged config.json
+
 
 def _knob(default, help_text):
     """A field the user may override from the command line (`--name-with-dashes`)."""
@@ -18,7 +20,7 @@ class ModelConfig:
     dim: int = _knob(256, "width of the residual stream")
     n_layer: int = _knob(4, "number of transformer blocks")
     n_head: int = _knob(8, "number of query heads")
-    n_kv_head: int = _knob(8, "number of key/value heads (fewer than n_head = grouped-query attention)")
+    n_kv_head: int = _knob(8, "key/value heads: fewer than n_head is grouped-query attention; follows --n-head if only that is given")
     hidden_dim: int = _knob(512, "SwiGLU hidden width")
     context: int = _knob(64, "training context length in tokens")
     rope_theta: float = _knob(10000.0, "RoPE base frequency")
@@ -43,6 +45,15 @@ class ModelConfig:
             raise BluError(f"n_head {self.n_head} must be a multiple of n_kv_head {self.n_kv_head}")
         if not self.rope_theta > 0:
             raise BluError(f"rope_theta must be positive, got {self.rope_theta}")
+        if self.num_parameters() > MAX_PARAMETERS:
+            raise BluError(f"a model of {self.num_parameters():,} parameters is more than blu is built for ({MAX_PARAMETERS:,})")
+
+    def num_parameters(self) -> int:
+        """Counted from the shapes, so that a config read from disk is checked before anything is allocated."""
+        attention = self.dim * (self.n_head + 2 * self.n_kv_head) * self.head_dim + self.n_head * self.head_dim * self.dim
+        block = attention + 3 * self.dim * self.hidden_dim + 2 * self.dim
+        head = 0 if self.tie_embeddings else self.vocab_size * self.dim
+        return self.vocab_size * self.dim + self.n_layer * block + self.dim + head
 
 
 @dataclass(frozen=True)

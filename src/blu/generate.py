@@ -71,7 +71,8 @@ def penalize_repetition(logits, recent, penalty: float):
     """Divide positive logits (multiply negative ones) of tokens in `recent` (B, W) by `penalty`,
     as in CTRL and transformers' RepetitionPenaltyLogitsProcessor."""
     seen = torch.zeros_like(logits, dtype=torch.bool).scatter_(1, recent, True)
-    return torch.where(seen, torch.where(logits > 0, logits / penalty, logits * penalty), logits)
+    penalized = torch.where(logits > 0, logits / penalty, logits * penalty).clamp(-1e30, 1e30)  # extreme penalties stay finite
+    return torch.where(seen, penalized, logits)
 
 
 def sample(logits: torch.Tensor, options: SamplingOptions, generator: torch.Generator | None,
@@ -81,7 +82,10 @@ def sample(logits: torch.Tensor, options: SamplingOptions, generator: torch.Gene
         logits = penalize_repetition(logits, recent[:, -options.repetition_window :], options.repetition_penalty)
     if options.temperature == 0:
         return logits.argmax(dim=-1)
-    logits = logits.float() / options.temperature
+    # In float64 (any positive Python float is a valid temperature) and from the maximum down,
+    # so that even a tiny temperature cannot overflow to inf - inf.
+    logits = logits.double()
+    logits = (logits - logits.max(dim=-1, keepdim=True).values) / options.temperature
     if options.top_k:
         kth = torch.topk(logits, min(options.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -93,6 +97,7 @@ def sample(logits: torch.Tensor, options: SamplingOptions, generator: torch.Gene
         # Keep the smallest set whose mass reaches top_p: drop a token when the mass before it already does.
         cumulative = sorted_probs.cumsum(dim=-1)
         drop = cumulative - sorted_probs >= options.top_p * cumulative[:, -1:]
+        drop[:, 0] = False  # the likeliest token always stays, even when top_p * total underflows to 0
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs.masked_fill(drop, 0.0))
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 

@@ -22,6 +22,8 @@ from .errors import BluError
 from .generate import TextGenerator
 from .model import Transformer
 
+MAX_FAULTS_IN_A_ROW = 5  # non-finite steps tolerated in a row before training stops
+
 
 def pick_device(name: str) -> torch.device:
     """auto = CUDA, then MPS, then CPU; an explicit device must be available."""
@@ -94,8 +96,20 @@ class MetricsLog:
             f.write(json.dumps(row) + "\n")
 
     def rows(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        rows = []
         with open(self.path, encoding="utf-8") as f:
-            return [json.loads(line) for line in f if line.strip()]
+            for line in f:
+                try:
+                    rows.append(json.loads(line))
+                except ValueError:
+                    pass  # a line cut short by a kill
+        return rows
+
+    def truncate_after(self, step: int) -> None:
+        kept = [r for r in self.rows() if r.get("step", 0) <= step]
+        atomic_write(self.path, "".join(json.dumps(r) + "\n" for r in kept).encode())
 
     def plot(self) -> None:
         import matplotlib
@@ -157,12 +171,26 @@ def train(run_dir, model_config: ModelConfig, config: TrainConfig, tokenizer, tr
     model = Transformer(model_config).to(device)
     optimizer = make_optimizer(model, config, device)
     sampler = BatchSampler(train_tokens, config.batch_size, model_config.context, config.seed)
-    state = {"step": 0, "tokens": 0, "elapsed_s": 0.0, "best_val_loss": None}
-    if resume:
-        state = load_last(run_dir, model, optimizer, {"batches": sampler.generator})
-        log(f"resuming {run_dir} at step {state['step']}")
+    state = {"step": 0, "tokens": 0, "elapsed_s": 0.0, "best_val_loss": None, "skipped_steps": 0, "faults_in_a_row": 0}
     metrics = MetricsLog(run_dir)
+    if resume and not (run_dir / "last" / "state.safetensors").exists():
+        log(f"{run_dir} was stopped before its first save: starting it from step 0")
+        metrics.truncate_after(0)
+    elif resume:
+        state = {**state, **load_last(run_dir, model, optimizer, {"batches": sampler.generator}), "faults_in_a_row": 0}
+        metrics.truncate_after(state["step"])  # rows a killed process logged after its last save
+        log(f"resuming {run_dir} at step {state['step']}")
     tokens_per_step = config.batch_size * config.grad_accum * model_config.context
+
+    def check_faults(faulty: bool) -> None:
+        if not faulty:
+            state["faults_in_a_row"] = 0
+            return
+        state["skipped_steps"] += 1
+        state["faults_in_a_row"] += 1
+        metrics.write({"step": state["step"], "tokens": state["tokens"], "elapsed_s": round(state["elapsed_s"], 3),
+                       "skipped": "non-finite loss or gradient", "skipped_steps": state["skipped_steps"]})
+        log(f"step {state['step'] + 1}: non-finite loss or gradient, update skipped ({state['skipped_steps']} so far)")
 
     def progress() -> float:
         fractions = []
@@ -200,7 +228,7 @@ def train(run_dir, model_config: ModelConfig, config: TrainConfig, tokenizer, tr
     model.train()
     stop = StopRequest()
     with stop.installed():
-        while progress() < 1 and not stop.requested:
+        while progress() < 1 and not stop.requested and state["faults_in_a_row"] < MAX_FAULTS_IN_A_ROW:
             lr = learning_rate(config, state["step"], progress())
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -213,7 +241,13 @@ def train(run_dir, model_config: ModelConfig, config: TrainConfig, tokenizer, tr
                 loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
                 (loss / config.grad_accum).backward()
                 loss_sum += loss.detach()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            # One host sync per step: a NaN or inf must never reach the weights or the optimizer moments.
+            if not bool(torch.isfinite(grad_norm) & torch.isfinite(loss_sum)):
+                optimizer.zero_grad(set_to_none=True)
+                check_faults(faulty=True)
+                continue
+            check_faults(faulty=False)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             state["step"] += 1
@@ -233,6 +267,9 @@ def train(run_dir, model_config: ModelConfig, config: TrainConfig, tokenizer, tr
                 evaluate_and_save()
         bar.close()
         evaluate_and_save()
+    if state["faults_in_a_row"] >= MAX_FAULTS_IN_A_ROW:
+        raise BluError(f"training diverged: {MAX_FAULTS_IN_A_ROW} steps in a row had a non-finite loss or gradient; "
+                       f"the last good state is saved in {run_dir}; try a lower --lr")
     if stop.requested:
         log(f"stopped at step {state['step']} and saved; continue with: blu train --out {run_dir} --resume")
     return {**state, "interrupted": stop.requested}

@@ -1,0 +1,195 @@
+"""Nothing lost, nothing crashes: faults, kills, full disks, hostile run folders, fuzzed input."""
+
+import json
+import os
+from pathlib import Path
+import pickle
+import signal
+import subprocess
+import sys
+import time
+
+from hypothesis import given, settings, strategies as st
+import pytest
+import torch
+
+from blu import data
+from blu.checkpoint import atomic_write, load_run
+from blu.config import parse_duration
+from blu.errors import BluError
+from blu.generate import SamplingOptions, sample
+from blu.tokenizer import CharTokenizer
+import blu.train
+from test_train import prepare
+
+
+def test_non_finite_steps_are_skipped_then_training_stops(tmp_path, small_corpus, monkeypatch):
+    real = blu.train.F.cross_entropy
+    calls = {"n": 0}
+
+    class PoisonedF:  # the loss goes NaN for steps 5-6, then for good from step 20
+        @staticmethod
+        def cross_entropy(*args, **kwargs):
+            calls["n"] += 1
+            loss = real(*args, **kwargs)
+            return loss * float("nan") if calls["n"] in (5, 6) or calls["n"] >= 20 else loss
+
+    monkeypatch.setattr(blu.train, "F", PoisonedF)
+    run = tmp_path / "run"
+    args = prepare(run, small_corpus, iters=60, eval_every=1000)
+    with pytest.raises(BluError, match="5 steps in a row had a non-finite loss"):
+        blu.train.train(run, *args, torch.device("cpu"), log=lambda m: None)
+    # Evaluation calls F.cross_entropy too, and is poisoned: the check is on the saved weights.
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert sum("skipped" in r for r in rows) == 2 + 5
+    _, model, _ = load_run(run)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert json.loads(load_state_json(run))["step"] == 19 - 2
+
+
+def load_state_json(run: Path) -> str:
+    from safetensors import safe_open
+
+    with safe_open(run / "last" / "state.safetensors", framework="pt") as f:
+        return f.metadata()["state"]
+
+
+def test_a_full_disk_keeps_the_previous_file(tmp_path, monkeypatch):
+    path = tmp_path / "model.safetensors"
+    atomic_write(path, b"previous")
+
+    def no_space(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", no_space)
+    with pytest.raises(BluError, match="No space left on device.*previous version is kept"):
+        atomic_write(path, b"new")
+    assert path.read_bytes() == b"previous"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]  # no temporary file left behind
+
+
+def test_a_pickle_in_a_run_folder_is_never_executed(tmp_path, small_corpus, capfd):
+    from test_cli import TINY, blu as run_blu
+
+    run = tmp_path / "run"
+    assert run_blu(capfd, "train", "--data", small_corpus, "--out", run, "--iters", 2, *TINY)[0] == 0
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    (run / "model.safetensors").write_bytes(pickle.dumps(Payload()))
+    with pytest.raises(BluError, match="truncated or corrupt"):
+        load_run(run)
+    assert not marker.exists()
+
+
+def test_absurd_sizes_in_config_json_are_refused_before_allocating(tmp_path, small_corpus, capfd):
+    from test_cli import TINY, blu as run_blu
+
+    run = tmp_path / "run"
+    assert run_blu(capfd, "train", "--data", small_corpus, "--out", run, "--iters", 2, *TINY)[0] == 0
+    config = json.loads((run / "config.json").read_text())
+    config["model"].update(dim=65536, hidden_dim=1 << 20)
+    (run / "config.json").write_text(json.dumps(config))
+    with pytest.raises(BluError, match="more than blu is built for"):
+        load_run(run)
+
+
+def test_sigterm_saves_and_says_how_to_resume(tmp_path, small_corpus):
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "blu", "train", "--data", str(small_corpus), "--out", str(run),
+               "--iters", "100000", "--dim", "32", "--n-layer", "1", "--n-head", "2", "--context", "32"]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (run / "metrics.jsonl").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130
+    assert "--resume" in stderr.splitlines()[-2] and "Traceback" not in stderr
+    state = json.loads(load_state_json(run))
+    assert 0 < state["step"] < 100000
+    load_run(run)
+
+
+def test_killed_three_times_then_resumed_ends_like_an_uninterrupted_run(tmp_path, small_corpus):
+    """kill -9 at moments spread over the run (the last while a save is under way) never loses
+    the folder, and resuming each time ends with the same weights as a run that never stopped."""
+    from safetensors.torch import load_file
+
+    flags = ["--data", str(small_corpus), "--iters", "120", "--eval-every", "5", "--dim", "32", "--n-layer", "1",
+             "--n-head", "2", "--context", "32", "--batch-size", "8"]
+
+    def blu(*args):
+        return subprocess.Popen([sys.executable, "-m", "blu", "train", *args], stderr=subprocess.DEVNULL)
+
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    assert blu(*flags, "--out", str(straight)).wait() == 0
+    first = True
+    for fraction in (0.2, 0.5, None):
+        process = blu(*flags, "--out", str(killed)) if first else blu("--out", str(killed), "--resume")
+        first = False
+        state_file = killed / "last" / "state.safetensors"
+        while not (killed / "metrics.jsonl").exists() and process.poll() is None:  # training has started
+            time.sleep(0.05)
+        if fraction is None:  # wait for a temporary state file: a save is under way
+            while not any(p.name.startswith(".state") for p in (killed / "last").glob(".*")) and process.poll() is None:
+                pass
+        else:
+            time.sleep(3 * fraction)
+        process.kill()
+        process.wait()
+        if state_file.exists():
+            load_run(killed)  # the folder still loads
+    process = blu("--out", str(killed), "--resume")
+    assert process.wait() == 0
+    a, b = load_file(straight / "last" / "state.safetensors"), load_file(killed / "last" / "state.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    steps = [json.loads(line)["step"] for line in (killed / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps)  # rows logged after the last save of a killed process were dropped
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text())
+def test_fuzz_tokenizer_round_trip(text):
+    tok = CharTokenizer.from_text(text)
+    assert tok.decode(tok.encode(text)) == text
+    ids, unknown = tok.encode_array(text)
+    assert unknown == 0 and tok.decode(ids.tolist()) == text
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=12))
+def test_fuzz_duration_parser(text):
+    try:
+        assert parse_duration(text) > 0
+    except BluError:
+        pass
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=300))
+def test_fuzz_corpus_loading(tmp_path_factory, content):
+    path = tmp_path_factory.mktemp("fuzz") / "corpus.txt"
+    path.write_bytes(content)
+    try:
+        text = data.read_corpus(path)
+        assert text.encode("utf-8") == content
+    except BluError as error:
+        assert "\n" not in str(error)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.floats(allow_nan=True), st.integers(-5, 100), st.floats(allow_nan=True), st.floats(allow_nan=True),
+       st.floats(allow_nan=True))
+def test_fuzz_sampling_parameters(temperature, top_k, top_p, min_p, penalty):
+    options = SamplingOptions(temperature, top_k, top_p, min_p, penalty)
+    try:
+        options.validate()
+    except BluError:
+        return
+    logits = torch.randn(2, 10)
+    token = sample(logits, options, torch.Generator().manual_seed(0), torch.tensor([[1, 2], [3, 4]]))
+    assert token.shape == (2,) and ((0 <= token) & (token < 10)).all()
