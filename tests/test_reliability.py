@@ -135,16 +135,19 @@ def test_killed_three_times_then_resumed_ends_like_an_uninterrupted_run(tmp_path
         while not (killed / "metrics.jsonl").exists() and process.poll() is None:  # training has started
             time.sleep(0.05)
         if fraction is None:  # wait for a temporary state file: a save is under way
-            while not any(p.name.startswith(".state") for p in (killed / "last").glob(".*")) and process.poll() is None:
+            while not (saving := any((killed / "last").glob(".state*"))) and process.poll() is None:
                 pass
+            assert saving
         else:
             time.sleep(3 * fraction)
+        assert process.poll() is None, "the run ended before it could be killed"
         process.kill()
         process.wait()
         if state_file.exists():
             load_run(killed)  # the folder still loads
     process = blu("--out", str(killed), "--resume")
     assert process.wait() == 0
+    assert not list(killed.rglob(".*.*")), "resuming removes the temporary files of interrupted saves"
     a, b = load_file(straight / "last" / "state.safetensors"), load_file(killed / "last" / "state.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
     steps = [json.loads(line)["step"] for line in (killed / "metrics.jsonl").read_text().splitlines()]
@@ -193,3 +196,15 @@ def test_fuzz_sampling_parameters(temperature, top_k, top_p, min_p, penalty):
     logits = torch.randn(2, 10)
     token = sample(logits, options, torch.Generator().manual_seed(0), torch.tensor([[1, 2], [3, 4]]))
     assert token.shape == (2,) and ((0 <= token) & (token < 10)).all()
+
+
+def test_first_ctrl_c_asks_to_stop_and_the_second_interrupts():
+    from blu.train import StopRequest
+
+    stop = StopRequest()
+    with stop.installed():
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.requested
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored afterwards

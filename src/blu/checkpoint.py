@@ -53,6 +53,13 @@ def atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
+def remove_temporaries(run_dir: Path) -> None:
+    """Delete what saves cut short by a kill left behind (atomic_write's temporary files)."""
+    for name in RUN_FILES:
+        for tmp in list(Path(run_dir).glob(f".{name}.*")) + list(Path(run_dir).glob(f"{name}/.*")):
+            tmp.unlink()
+
+
 def holds_run(run_dir: Path) -> bool:
     return (Path(run_dir) / "config.json").exists()
 

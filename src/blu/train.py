@@ -2,6 +2,7 @@
 checkpoints and logging (metrics.jsonl, loss.png, samples.txt)."""
 
 from contextlib import contextmanager, nullcontext
+import io
 import json
 import math
 from pathlib import Path
@@ -15,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .checkpoint import atomic_write, load_last, save_last, save_model
+from .checkpoint import atomic_write, load_last, remove_temporaries, save_last, save_model
 from .config import ModelConfig, TrainConfig
 from .data import BatchSampler
 from .errors import BluError
@@ -128,10 +129,10 @@ class MetricsLog:
         ax.legend()
         ax.grid(alpha=0.3)
         fig.tight_layout()
-        tmp = self.plot_path.with_name(".loss.tmp.png")
-        fig.savefig(tmp, dpi=100)
+        png = io.BytesIO()
+        fig.savefig(png, format="png", dpi=100)
         plt.close(fig)
-        tmp.replace(self.plot_path)
+        atomic_write(self.plot_path, png.getvalue())
 
 
 class StopRequest:
@@ -173,6 +174,8 @@ def train(run_dir, model_config: ModelConfig, config: TrainConfig, tokenizer, tr
     sampler = BatchSampler(train_tokens, config.batch_size, model_config.context, config.seed)
     state = {"step": 0, "tokens": 0, "elapsed_s": 0.0, "best_val_loss": None, "skipped_steps": 0, "faults_in_a_row": 0}
     metrics = MetricsLog(run_dir)
+    if resume:
+        remove_temporaries(run_dir)
     if resume and not (run_dir / "last" / "state.safetensors").exists():
         log(f"{run_dir} was stopped before its first save: starting it from step 0")
         metrics.truncate_after(0)
