@@ -18,7 +18,7 @@ import torch
 import blu
 from blu.config import PRESETS
 from blu.export import to_transformers
-from blu.generate import SamplingOptions, stream_tokens
+from blu.generate import SamplingOptions, sampler, decode, stream_tokens
 from blu.model import Transformer
 from common import save, table
 
@@ -34,6 +34,7 @@ def main():
     parser.add_argument("--run", help="run folder (default: a random seed-preset model)")
     parser.add_argument("--tokens", type=int, default=500, help="new tokens per timed generation")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--batch-sizes", type=int, nargs="*", default=[16, 64], help="batched sampling throughput")
     args = parser.parse_args()
 
     torch.manual_seed(0)
@@ -50,8 +51,14 @@ def main():
             out = hf.generate(torch.tensor([prompt]), max_new_tokens=n, min_new_tokens=n, do_sample=False)
         assert out.shape[1] == len(prompt) + n
 
+    def batch_run(batch_size):
+        prompts = torch.tensor([prompt] * batch_size)
+        choose = sampler(SamplingOptions(0.8, 0, 0.9), torch.Generator().manual_seed(0))
+        return lambda: sum(1 for _ in decode(model, prompts, n, choose))
+
     contenders = {"blu greedy": blu_run(SamplingOptions(0.0)), "blu sampling (T 0.8, top-p 0.9)": blu_run(SamplingOptions(0.8, 0, 0.9)),
                   "transformers generate() greedy": hf_run}
+    batches = {f"blu sampling, batch {b} (--num-samples {b})": (b, batch_run(b)) for b in args.batch_sizes}
     for fn in contenders.values():
         fn()  # warm-up
     seconds = {name: [] for name in contenders}
@@ -60,6 +67,9 @@ def main():
             seconds[name].append(timed(fn))
     rows = [{"implementation": name, "tokens_per_s": n / statistics.median(s)} for name, s in seconds.items()]
     ratio = rows[0]["tokens_per_s"] / rows[-1]["tokens_per_s"]
+    for name, (batch_size, fn) in batches.items():
+        fn()
+        rows.append({"implementation": name, "tokens_per_s": batch_size * n / statistics.median(timed(fn) for _ in range(args.rounds))})
     print(f"{model.num_parameters():,} parameters, context {model.config.context}, {n} new tokens, batch 1")
     print(table(rows))
     print(f"blu greedy / transformers greedy: {ratio:.1f}x")

@@ -130,11 +130,13 @@ def stream_tokens(model, prompt_ids: list[int], max_new_tokens: int, options: Sa
         raise ValueError("stream_tokens needs at least one prompt token")
     device = model.tok_embeddings.weight.device
     prompt = torch.tensor([list(prompt_ids)], device=device)
-    for token in decode(model, prompt, max_new_tokens, _sampler(options, generator), options.repetition_window):
+    for token in decode(model, prompt, max_new_tokens, sampler(options, generator), options.repetition_window):
         yield int(token[0])
 
 
-def _sampler(options: SamplingOptions, generator):
+def sampler(options: SamplingOptions, generator):
+    """A `choose` function for `decode` that samples under `options`."""
+
     def choose(logits, history):
         logits[:, 0] = float("-inf")  # never emit <unk>: it stands for no character in particular
         return sample(logits, options, generator, history)
@@ -265,7 +267,7 @@ class TextGenerator:
         prompt_tensor = torch.tensor([ids] * num_samples, device=self.model.tok_embeddings.weight.device)
         filters = [StopStrings(stop) for _ in range(num_samples)]
         texts = [""] * num_samples
-        choose = _sampler(options, generator)
+        choose = sampler(options, generator)
         for tokens in decode(self.model, prompt_tensor, max_new_tokens, choose, options.repetition_window):
             for row, token in enumerate(tokens.tolist()):
                 texts[row] += filters[row].feed(self.tokenizer.decode([token]))

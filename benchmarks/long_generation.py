@@ -1,0 +1,54 @@
+"""Does long generated text read as well at the end as at the start?
+
+    python benchmarks/long_generation.py --run runs/NAME [--chars 6000] [--window 1500] [--seeds 0 1 2]
+
+Generates `--chars` characters from the run (default sampling: temperature 0.8,
+top-p 0.9) and compares the share of real words (words that occur in the run's
+training text) in the first and the last `--window` characters. Also prints the
+loss by position through the generation path (`blu eval --stream`).
+"""
+
+import argparse
+import re
+
+import blu
+from blu.data import load_text, split
+from blu.generate import stream_eval
+from common import save, table
+
+WORD = re.compile(r"[A-Za-z']+")
+
+
+def real_word_share(text: str, vocabulary: set) -> float:
+    words = [w.strip("'").lower() for w in WORD.findall(text)]
+    words = [w for w in words if w]
+    return sum(w in vocabulary for w in words) / max(1, len(words))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run", required=True)
+    parser.add_argument("--chars", type=int, default=6000)
+    parser.add_argument("--window", type=int, default=1500)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    args = parser.parse_args()
+
+    run = blu.load(args.run)
+    text, _ = load_text(run.config["data"]["path"], run.config["data"]["sha256"])
+    train_tokens, val_tokens = split(run.tokenizer.encode_array(text)[0], run.model.config.context)
+    train_text = text[: len(train_tokens)]
+    vocabulary = {w.strip("'").lower() for w in WORD.findall(train_text)}
+    rows = []
+    for seed in args.seeds:
+        generated = "".join(run.generate("ROMEO:", max_new_tokens=args.chars, seed=seed))
+        first, last = real_word_share(generated[: args.window], vocabulary), real_word_share(generated[-args.window :], vocabulary)
+        rows.append({"seed": seed, "first_window": first, "last_window": last, "difference": last - first})
+    print(table(rows))
+    buckets = stream_eval(run.model, val_tokens)
+    print(table(buckets))
+    save("long_generation", {"run_config": run.config["model"], "chars": args.chars, "window": args.window,
+                             "real_word_share": rows, "position_buckets": buckets})
+
+
+if __name__ == "__main__":
+    main()
