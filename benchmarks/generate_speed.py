@@ -18,7 +18,8 @@ import torch
 import blu
 from blu.config import PRESETS
 from blu.export import to_transformers
-from blu.generate import SamplingOptions, sampler, decode, stream_tokens
+from blu.config import SamplingOptions
+from blu.generate import decode, sampler, stream_tokens
 from blu.model import Transformer
 from common import save, table
 

@@ -15,7 +15,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from blu.config import PRESETS
-from blu.generate import SamplingOptions, stream_tokens
+from blu.config import SamplingOptions
+from blu.generate import stream_tokens
 from blu.model import Transformer
 from common import save
 

@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from blu.errors import BluError
-from blu.generate import KVCache, SamplingOptions, StopStrings, TextGenerator, sample, stream_tokens
+from blu.config import SamplingOptions
+from blu.generate import KVCache, StopStrings, TextGenerator, sample, stream_tokens
 from blu.model import Transformer
 from blu.tokenizer import CharTokenizer
 from test_model import tiny

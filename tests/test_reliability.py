@@ -17,7 +17,8 @@ from blu import data
 from blu.checkpoint import atomic_write, load_run
 from blu.config import parse_duration
 from blu.errors import BluError
-from blu.generate import SamplingOptions, sample
+from blu.config import SamplingOptions
+from blu.generate import sample
 from blu.tokenizer import CharTokenizer
 import blu.train
 from test_train import prepare

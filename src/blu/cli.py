@@ -11,7 +11,8 @@ from pathlib import Path
 import sys
 
 from . import __version__
-from .config import PRESETS, ModelConfig, TrainConfig, knobs, parse_duration, to_dict, with_overrides
+from .config import (DEFAULT_MAX_NEW_TOKENS, PRESETS, ModelConfig, SamplingOptions, TrainConfig, knobs,
+                     parse_duration, to_dict, with_overrides)
 from .errors import BluError
 
 SEED_PROMPTS = ("ROMEO: ", "HAMLET: To be, or not to be,", "Once upon a time", "The king")
@@ -75,13 +76,16 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--run", required=True, help="run folder")
     gen.add_argument("--prompt", help="text to continue (default: the original Blu's four sample prompts)")
     gen.add_argument("-i", "--interactive", action="store_true", help="read prompts line by line from stdin")
-    gen.add_argument("--max-new-tokens", type=int, default=500)
-    gen.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
-    gen.add_argument("--top-k", type=int, default=0, help="keep the k likeliest tokens (0 = off)")
-    gen.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling mass (1 = off)")
-    gen.add_argument("--min-p", type=float, default=0.0, help="drop tokens below this fraction of the likeliest (0 = off)")
-    gen.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages recent tokens (1 = off)")
-    gen.add_argument("--repetition-window", type=int, default=64, help="how many recent tokens the penalty looks at")
+    sampling = SamplingOptions()
+    gen.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
+    gen.add_argument("--temperature", type=float, default=sampling.temperature, help="0 = greedy")
+    gen.add_argument("--top-k", type=int, default=sampling.top_k, help="keep the k likeliest tokens (0 = off)")
+    gen.add_argument("--top-p", type=float, default=sampling.top_p, help="nucleus sampling mass (1 = off)")
+    gen.add_argument("--min-p", type=float, default=sampling.min_p, help="drop tokens below this fraction of the likeliest (0 = off)")
+    gen.add_argument("--repetition-penalty", type=float, default=sampling.repetition_penalty,
+                     help="> 1 discourages recent tokens (1 = off)")
+    gen.add_argument("--repetition-window", type=int, default=sampling.repetition_window,
+                     help="how many recent tokens the penalty looks at")
     gen.add_argument("--stop", action="append", default=[], metavar="TEXT",
                      help="stop before this text (repeatable; the stop text is not printed)")
     gen.add_argument("--num-samples", type=int, default=1, help="continuations per prompt, generated as one batch")

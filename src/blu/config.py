@@ -2,6 +2,7 @@
 the parsing of budgets. This is the only place where defaults live."""
 
 from dataclasses import asdict, dataclass, field, fields, replace
+import math
 import re
 
 from .errors import BluError
@@ -116,6 +117,35 @@ PRESETS = {
         default_iters=5000,
     ),
 }
+
+
+DEFAULT_MAX_NEW_TOKENS = 500
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """How `blu generate` and `TextGenerator.generate` pick each next token."""
+
+    temperature: float = 0.8  # 0 = greedy
+    top_k: int = 0  # keep the k likeliest tokens; 0 = off
+    top_p: float = 0.9  # keep the smallest set whose probability reaches p; 1 = off (0.9 as in the original Blu)
+    min_p: float = 0.0  # drop tokens less likely than min_p times the likeliest; 0 = off
+    repetition_penalty: float = 1.0  # > 1 discourages tokens seen in the last repetition_window; 1 = off
+    repetition_window: int = 64
+
+    def validate(self):
+        if not (self.temperature >= 0 and math.isfinite(self.temperature)):
+            raise BluError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise BluError(f"top-k must be >= 0 (0 turns it off), got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise BluError(f"top-p must be in (0, 1], got {self.top_p}")
+        if not 0 <= self.min_p < 1:
+            raise BluError(f"min-p must be in [0, 1), got {self.min_p}")
+        if not (self.repetition_penalty > 0 and math.isfinite(self.repetition_penalty)):
+            raise BluError(f"repetition-penalty must be positive (1 turns it off), got {self.repetition_penalty}")
+        if self.repetition_window < 1:
+            raise BluError(f"repetition-window must be at least 1, got {self.repetition_window}")
 
 
 def knobs(cls) -> list:

@@ -9,11 +9,9 @@ is then predicted from between context/2 and context - 1 tokens of real
 history, exactly the situation of the second half of a training window.
 """
 
-from dataclasses import dataclass
-import math
-
 import torch
 
+from .config import DEFAULT_MAX_NEW_TOKENS, SamplingOptions
 from .errors import BluError
 
 
@@ -41,30 +39,6 @@ class KVCache:
 
     def reset(self):
         self.pos = 0
-
-
-@dataclass(frozen=True)
-class SamplingOptions:
-    temperature: float = 0.8  # 0 = greedy
-    top_k: int = 0  # keep the k likeliest tokens; 0 = off
-    top_p: float = 1.0  # keep the smallest set whose probability reaches p; 1 = off
-    min_p: float = 0.0  # drop tokens less likely than min_p times the likeliest; 0 = off
-    repetition_penalty: float = 1.0  # > 1 discourages tokens seen in the last repetition_window; 1 = off
-    repetition_window: int = 64
-
-    def validate(self):
-        if not (self.temperature >= 0 and math.isfinite(self.temperature)):
-            raise BluError(f"temperature must be >= 0, got {self.temperature}")
-        if self.top_k < 0:
-            raise BluError(f"top-k must be >= 0 (0 turns it off), got {self.top_k}")
-        if not 0 < self.top_p <= 1:
-            raise BluError(f"top-p must be in (0, 1], got {self.top_p}")
-        if not 0 <= self.min_p < 1:
-            raise BluError(f"min-p must be in [0, 1), got {self.min_p}")
-        if not (self.repetition_penalty > 0 and math.isfinite(self.repetition_penalty)):
-            raise BluError(f"repetition-penalty must be positive (1 turns it off), got {self.repetition_penalty}")
-        if self.repetition_window < 1:
-            raise BluError(f"repetition-window must be at least 1, got {self.repetition_window}")
 
 
 def penalize_repetition(logits, recent, penalty: float):
@@ -236,7 +210,7 @@ class TextGenerator:
             ids = [self.tokenizer.stoi.get("\n", 1)]
         return options, generator, ids
 
-    def generate(self, prompt: str = "", max_new_tokens: int = 200, seed: int | None = None,
+    def generate(self, prompt: str = "", max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, seed: int | None = None,
                  stop: list[str] = (), **controls):
         """An iterator over pieces of text continuing `prompt` (which is not repeated).
 
@@ -258,7 +232,7 @@ class TextGenerator:
         if rest := stops.flush():
             yield rest
 
-    def generate_many(self, prompt: str = "", num_samples: int = 1, max_new_tokens: int = 200,
+    def generate_many(self, prompt: str = "", num_samples: int = 1, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
                       seed: int | None = None, stop: list[str] = (), **controls) -> list[str]:
         """`num_samples` continuations of one prompt, computed together as a batch."""
         if num_samples < 1:
