@@ -2,7 +2,6 @@
 
 import io
 import json
-import os
 from pathlib import Path
 import subprocess
 import sys
@@ -196,3 +195,26 @@ def test_the_installed_command_and_python_m(tmp_path):
     result = subprocess.run([sys.executable, "-m", "blu", "generate", "--run", str(tmp_path / "none")],
                             capture_output=True, text=True)
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+def test_ctrl_c_in_interactive_mode_ends_only_the_current_continuation(trained, capfd, monkeypatch):
+    from blu.generate import TextGenerator
+
+    real = TextGenerator.generate
+
+    def interrupted_after_one_piece(self, prompt="", **controls):
+        pieces = real(self, prompt, **controls)
+
+        def stream():
+            yield next(pieces)
+            if prompt == "ROMEO:":
+                raise KeyboardInterrupt  # what Ctrl-C does in the middle of a continuation
+            yield from pieces
+
+        return stream()
+
+    monkeypatch.setattr(TextGenerator, "generate", interrupted_after_one_piece)
+    monkeypatch.setattr("sys.stdin", io.StringIO("ROMEO:\nJULIET:\n"))
+    code, out, _ = blu(capfd, "generate", "--run", trained, "-i", "--max-new-tokens", 20, "--seed", 0)
+    assert code == 0
+    assert len(out) == len("ROMEO:") + 1 + 1 + len("JULIET:") + 20 + 1 and "JULIET:" in out

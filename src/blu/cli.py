@@ -11,8 +11,8 @@ from pathlib import Path
 import sys
 
 from . import __version__
-from .config import (DEFAULT_MAX_NEW_TOKENS, PRESETS, ModelConfig, SamplingOptions, TrainConfig, knobs,
-                     parse_duration, to_dict, with_overrides)
+from .config import (DEFAULT_MAX_NEW_TOKENS, PRESETS, ModelConfig, SamplingOptions, TrainConfig, configs_for, knobs,
+                     parse_duration, to_dict)
 from .errors import BluError
 
 SEED_PROMPTS = ("ROMEO: ", "HAMLET: To be, or not to be,", "Once upon a time", "The king")
@@ -118,7 +118,6 @@ def cmd_train(args) -> int:
     from .train import pick_device, train
 
     device = pick_device(args.device)
-    budget = {"iters": args.iters, "time_s": args.time}
     if args.iters is not None and args.iters < 1:
         raise BluError(f"--iters must be at least 1, got {args.iters}")
     if args.resume:
@@ -135,18 +134,8 @@ def cmd_train(args) -> int:
         if holds_run(out) and not args.force:
             raise BluError(f"{out} already holds a run: add --resume to continue it, --force to replace it, or choose another --out")
         preset_name = args.preset or ("gpu" if device.type == "cuda" else "cpu")
-        preset = PRESETS[preset_name]
         tokenizer = CharTokenizer.from_text(text)
-        overrides = vars(args)
-        if args.n_head is not None and args.n_kv_head is None:
-            overrides = {**overrides, "n_kv_head": args.n_head}  # plain attention unless asked otherwise
-        model_config = replace(with_overrides(preset.model, overrides), vocab_size=tokenizer.vocab_size)
-        if args.iters is None and args.time is None:
-            budget["iters"] = preset.default_iters
-        train_config = replace(with_overrides(preset.train, overrides),
-                               iters=budget["iters"] or 0, time_s=budget["time_s"] or 0.0)
-        model_config.validate()
-        train_config.validate()
+        model_config, train_config = configs_for(preset_name, vars(args), tokenizer.vocab_size, args.iters, args.time)
         if args.force:
             clear_run(out)
         meta = {"preset": preset_name, "model": to_dict(model_config), "train": to_dict(train_config),

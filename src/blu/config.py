@@ -159,6 +159,21 @@ def with_overrides(config, overrides: dict):
     return replace(config, **{k: v for k, v in overrides.items() if k in names and v is not None})
 
 
+def configs_for(preset_name: str, overrides: dict, vocab_size: int, iters=None, time_s=None):
+    """The model and training configurations of a new run: a preset, the user's overrides
+    (dataclass field names; None = keep the preset's), and the budget (the preset's steps if none)."""
+    preset = PRESETS[preset_name]
+    if overrides.get("n_head") is not None and overrides.get("n_kv_head") is None:
+        overrides = {**overrides, "n_kv_head": overrides["n_head"]}  # plain attention unless asked otherwise
+    model = replace(with_overrides(preset.model, overrides), vocab_size=vocab_size)
+    if iters is None and time_s is None:
+        iters = preset.default_iters
+    train = replace(with_overrides(preset.train, overrides), iters=iters or 0, time_s=time_s or 0.0)
+    model.validate()
+    train.validate()
+    return model, train
+
+
 def to_dict(config) -> dict:
     return asdict(config)
 

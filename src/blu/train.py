@@ -176,13 +176,12 @@ def train(run_dir, model_config: ModelConfig, config: TrainConfig, tokenizer, tr
     metrics = MetricsLog(run_dir)
     if resume:
         remove_temporaries(run_dir)
-    if resume and not (run_dir / "last" / "state.safetensors").exists():
-        log(f"{run_dir} was stopped before its first save: starting it from step 0")
-        metrics.truncate_after(0)
-    elif resume:
-        state = {**state, **load_last(run_dir, model, optimizer, {"batches": sampler.generator}), "faults_in_a_row": 0}
+        if (run_dir / "last" / "state.safetensors").exists():
+            state = {**state, **load_last(run_dir, model, optimizer, {"batches": sampler.generator}), "faults_in_a_row": 0}
+            log(f"resuming {run_dir} at step {state['step']}")
+        else:
+            log(f"{run_dir} was stopped before its first save: starting it from step 0")
         metrics.truncate_after(state["step"])  # rows a killed process logged after its last save
-        log(f"resuming {run_dir} at step {state['step']}")
     tokens_per_step = config.batch_size * config.grad_accum * model_config.context
 
     def check_faults(faulty: bool) -> None:
