@@ -123,33 +123,30 @@ def save_model(path: Path, model: Transformer) -> None:
     atomic_write(path, safetensors_bytes(model_tensors(model), metadata={"format": "pt"}))
 
 
-def _read_tensors(path: Path, expected: dict, prefix: str = "", device="cpu") -> tuple[dict, dict]:
-    """Tensors whose names start with `prefix`, after checking names and shapes against `expected`
-    (a name -> shape map) before anything is loaded; plus the file's metadata."""
+def _read_tensors(path: Path, expected: dict) -> tuple[dict, dict]:
+    """All tensors of a safetensors file and its metadata, after checking that every name in
+    `expected` (a name -> shape map) is there with its shape, before anything is loaded."""
     try:
-        with safe_open(path, framework="pt", device=str(device)) as f:
-            names = [k for k in f.keys() if k.startswith(prefix)]
-            for name in names:
-                shape = tuple(f.get_slice(name).get_shape())
-                key = name[len(prefix):]
-                if key in expected and tuple(expected[key]) != shape:
-                    raise BluError(f"{path}: tensor {key} has shape {shape}, the configuration says {tuple(expected[key])}")
-            missing = sorted(set(expected) - {n[len(prefix):] for n in names})
-            if missing:
-                raise BluError(f"{path} is incomplete: missing {', '.join(missing[:3])}")
-            return {n[len(prefix):]: f.get_tensor(n) for n in names}, f.metadata() or {}
+        with safe_open(path, framework="pt", device="cpu") as f:
+            names = set(f.keys())
+            for name, shape in expected.items():
+                if name not in names:
+                    raise BluError(f"{path} is incomplete: {name} is missing")
+                if tuple(f.get_slice(name).get_shape()) != tuple(shape):
+                    raise BluError(f"{path}: tensor {name} has shape {tuple(f.get_slice(name).get_shape())}, "
+                                   f"the configuration says {tuple(shape)}")
+            return {name: f.get_tensor(name) for name in names}, f.metadata() or {}
     except FileNotFoundError:
         raise BluError(f"{path} is missing") from None
     except (SafetensorError, OSError, ValueError) as error:
         raise BluError(f"{path} is truncated or corrupt ({error})") from None
 
 
-def load_weights(model: Transformer, path: Path, prefix: str = "") -> dict:
-    """Load weights saved by `save_model` (or under `prefix` in a state file); returns the file's metadata."""
+def load_weights(model: Transformer, path: Path) -> None:
+    """Load weights saved by `save_model`, checked against the model's shapes."""
     expected = {k: v.shape for k, v in model_tensors(model).items()}
-    tensors, metadata = _read_tensors(path, expected, prefix)
+    tensors, _ = _read_tensors(path, expected)
     model.load_state_dict({k: tensors[k] for k in expected}, strict=False)
-    return metadata
 
 
 def load_run(run_dir, device="cpu") -> tuple[dict, Transformer, CharTokenizer]:
@@ -171,8 +168,7 @@ def save_last(run_dir: Path, model, optimizer, generators: dict, state: dict) ->
     names = _optimizer_names(optimizer, model)
     for index, per_param in optimizer.state_dict()["state"].items():
         for key, value in per_param.items():
-            name = names[index]
-            tensors[f"optimizer.{name}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
+            tensors[f"optimizer.{names[index]}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
     for name, generator in generators.items():
         tensors[f"rng.{name}"] = generator.get_state()
     data = safetensors_bytes(tensors, metadata={"state": json.dumps(state)})
@@ -182,21 +178,23 @@ def save_last(run_dir: Path, model, optimizer, generators: dict, state: dict) ->
 def load_last(run_dir: Path, model, optimizer, generators: dict) -> dict:
     """Restore what `save_last` wrote into `model`, `optimizer` and `generators`; return the JSON state."""
     path = Path(run_dir) / "last" / "state.safetensors"
-    if not path.exists():
-        raise BluError(f"{run_dir} has no saved training state (last/state.safetensors) to resume from")
-    metadata = load_weights(model, path, prefix="model.")
-    tensors, _ = _read_tensors(path, {}, prefix="optimizer.")
+    weights = {k: v.shape for k, v in model_tensors(model, prefix="model.").items()}
+    rng = {f"rng.{name}": generator.get_state().shape for name, generator in generators.items()}
+    tensors, metadata = _read_tensors(path, {**weights, **rng})
+    model.load_state_dict({k[len("model."):]: tensors[k] for k in weights}, strict=False)
     order = _optimizer_names(optimizer, model)
+    shapes = dict(model.named_parameters())
     per_param = {}
     for key, value in tensors.items():
-        name, field_name = key.rsplit(".", 1)
-        if name not in order:
-            raise BluError(f"{path}: optimizer state for unknown parameter {name}")
+        if not key.startswith("optimizer."):
+            continue
+        name, field_name = key[len("optimizer."):].rsplit(".", 1)
+        if name not in shapes or (field_name.startswith("exp_avg") and value.shape != shapes[name].shape):
+            raise BluError(f"{path}: optimizer state {name}.{field_name} does not fit the model")
         per_param.setdefault(order.index(name), {})[field_name] = value
     optimizer.load_state_dict({"state": per_param, "param_groups": optimizer.state_dict()["param_groups"]})
-    rng, _ = _read_tensors(path, {name: generator.get_state().shape for name, generator in generators.items()}, prefix="rng.")
     for name, generator in generators.items():
-        generator.set_state(rng[name])
+        generator.set_state(tensors[f"rng.{name}"])
     try:
         return json.loads(metadata["state"])
     except (KeyError, ValueError):

@@ -5,8 +5,9 @@ start from nothing, so at generation it must never see a position beyond
 `context - 1`, nor a window whose first token carries history from before it.
 When the cache fills up we therefore keep the last `context // 2` tokens,
 re-encode them from position 0 into an empty cache, and carry on. Every token
-is then predicted from between context/2 and context - 1 tokens of real
-history, exactly the situation of the second half of a training window.
+is then predicted from between context/2 and context tokens of real history,
+exactly the situation of the second half of a training window. The cost is one
+forward pass over context/2 tokens every context/2 generated tokens.
 """
 
 import torch
