@@ -263,7 +263,7 @@ def train(run_dir, model_config: ModelConfig, config: TrainConfig, tokenizer, tr
                 last_log = (now, state["tokens"])
                 metrics.write({"step": state["step"], "tokens": state["tokens"],
                                "elapsed_s": round(state["elapsed_s"], 3), "train_loss": train_loss, "lr": lr})
-                bar.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{tokens_per_s:,.0f}", refresh=False)
+                bar.set_postfix(step=state["step"], loss=f"{train_loss:.3f}", tok_s=f"{tokens_per_s:,.0f}", refresh=False)
                 bar.refresh()
             if state["step"] % config.eval_every == 0 and progress() < 1:
                 evaluate_and_save()
