@@ -72,3 +72,15 @@ def test_corrupt_cached_corpus_is_refused(tmp_path, monkeypatch):
     (tmp_path / "tinyshakespeare.txt").write_text("not shakespeare")
     with pytest.raises(BluError, match="SHA-256"):
         data.default_corpus_path()
+
+
+def test_unreadable_file(tmp_path, monkeypatch):
+    path = tmp_path / "secret.txt"
+    path.write_text("text")
+
+    def denied(self):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(type(path), "read_bytes", denied)  # chmod 000 does not stop root, who runs CI
+    with pytest.raises(BluError, match="cannot read \\(Permission denied\\)"):
+        data.read_corpus(path)
