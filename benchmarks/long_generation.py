@@ -3,8 +3,8 @@
     python benchmarks/long_generation.py --run runs/NAME [--chars 6000] [--window 1500] [--seeds 0 1 2]
 
 Generates `--chars` characters from the run (default sampling: temperature 0.8,
-top-p 0.9) and compares the share of real words (words that occur in the run's
-training text) in the first and the last `--window` characters. Also prints the
+top-p 0.9) and prints the share of real words (words that occur in the run's
+training text) in each `--window` characters, and the last minus the first. Also prints the
 loss by position through the generation path (`blu eval --stream`).
 """
 
@@ -41,8 +41,10 @@ def main():
     rows = []
     for seed in args.seeds:
         generated = "".join(run.generate("ROMEO:", max_new_tokens=args.chars, seed=seed))
-        first, last = real_word_share(generated[: args.window], vocabulary), real_word_share(generated[-args.window :], vocabulary)
-        rows.append({"seed": seed, "first_window": first, "last_window": last, "difference": last - first})
+        shares = [real_word_share(generated[i : i + args.window], vocabulary) for i in range(0, args.chars, args.window)]
+        rows.append({"seed": seed, **{f"chars_{i * args.window}+": share for i, share in enumerate(shares)},
+                     "last_minus_first": shares[-1] - shares[0]})
+    rows.append({"seed": "mean", **{k: sum(r[k] for r in rows) / len(rows) for k in rows[0] if k != "seed"}})
     print(table(rows))
     buckets = stream_eval(run.model, val_tokens)
     print(table(buckets))
