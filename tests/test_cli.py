@@ -156,6 +156,8 @@ def test_bad_training_input(tmp_path, capfd, small_corpus, trained):
     one_line_error(capfd, "train", "--data", small_corpus, "--iters", "5", "--n-head", "5", *out, match="divisible")
     one_line_error(capfd, "train", "--data", small_corpus, "--iters", "5", "--out", trained, match="already holds a run")
     one_line_error(capfd, "train", "--resume", "--out", tmp_path / "nothing", match="no such run folder")
+    one_line_error(capfd, "train", "--resume", "--out", trained, "--lr", "1e-3", match="not --lr")
+    one_line_error(capfd, "train", "--resume", "--out", trained, "--data", small_corpus, match="not --data")
     assert not (tmp_path / "new").exists()
     code, _, _ = blu(capfd, "train", "--data", small_corpus, "--out", trained, "--iters", 2, "--force", *TINY)
     assert code == 0

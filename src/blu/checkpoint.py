@@ -113,6 +113,14 @@ def load_config(run_dir: Path) -> tuple[dict, ModelConfig, TrainConfig, CharToke
     return meta, model_config, from_dict(TrainConfig, meta.get("train")), tokenizer
 
 
+def data_source(meta: dict) -> tuple[str | None, str]:
+    """The training file of a run (None = tiny Shakespeare) and its SHA-256, from config.json."""
+    data = meta.get("data")
+    if not isinstance(data, dict) or not isinstance(data.get("sha256"), str) or not isinstance(data.get("path"), (str, type(None))):
+        raise BluError("config.json does not say which text the run was trained on (its data section is missing or damaged)")
+    return data["path"], data["sha256"]
+
+
 def model_tensors(model: Transformer, prefix: str = "") -> dict:
     """The weights to save; a tied output head is the embedding and is stored once."""
     tied = model.config.tie_embeddings

@@ -112,7 +112,7 @@ def say(message: str) -> None:
 
 
 def cmd_train(args) -> int:
-    from .checkpoint import clear_run, holds_run, load_config, save_config
+    from .checkpoint import clear_run, data_source, holds_run, load_config, save_config
     from .data import load_text, sha256_of, split
     from .tokenizer import CharTokenizer
     from .train import pick_device, train
@@ -123,11 +123,16 @@ def cmd_train(args) -> int:
     if args.resume:
         if not args.out:
             raise BluError("--resume needs --out, the run folder to continue")
+        fixed = ["data", "preset", "seed"] + [f.name for f in knobs(ModelConfig) + knobs(TrainConfig)]
+        given = [name for name in fixed if getattr(args, name) is not None]
+        if given or args.force:
+            flags = ", ".join("--" + name.replace("_", "-") for name in given + (["force"] if args.force else []))
+            raise BluError(f"--resume continues the run as it was configured; only --iters and --time may change (not {flags})")
         out = Path(args.out)
         meta, model_config, train_config, tokenizer = load_config(out)
         if args.iters is not None or args.time is not None:  # a new budget replaces the saved one
             train_config = replace(train_config, iters=args.iters or 0, time_s=args.time or 0.0)
-        text, path = load_text(meta["data"]["path"], meta["data"]["sha256"])
+        text, path = load_text(*data_source(meta))
     else:
         text, path = load_text(args.data)
         out = Path(args.out or Path("runs") / path.stem)
@@ -149,7 +154,7 @@ def cmd_train(args) -> int:
     n_params = model_config.num_parameters()
     budget_text = " and ".join(filter(None, [f"{train_config.iters} steps" if train_config.iters else "",
                                              f"{train_config.time_s:g} s" if train_config.time_s else ""]))
-    say(f"blu {__version__}: {meta['preset']} preset, {n_params / 1e6:.2f}M parameters, vocabulary {tokenizer.vocab_size}, "
+    say(f"blu {__version__}: {meta.get('preset', 'custom')} preset, {n_params / 1e6:.2f}M parameters, vocabulary {tokenizer.vocab_size}, "
         f"{len(train_tokens):,} train / {len(val_tokens):,} validation tokens, {device.type}, budget {budget_text}, run folder {out}")
     state = train(out, model_config, train_config, tokenizer, train_tokens, val_tokens, device, resume=args.resume)
     say(f"best val_loss {state['best_val_loss']:.4f} nats/char ({state['best_val_loss'] / math.log(2):.3f} bpc) "
@@ -223,7 +228,7 @@ def interactive(run, controls) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .checkpoint import load_run
+    from .checkpoint import data_source, load_run
     from .data import load_text, split
     from .train import evaluate, pick_device
 
@@ -236,7 +241,7 @@ def cmd_eval(args) -> int:
         if len(tokens) < 2:
             raise BluError(f"{args.data} is too short to score: it needs at least 2 characters")
     else:
-        text, path = load_text(meta["data"]["path"], meta["data"]["sha256"])
+        text, path = load_text(*data_source(meta))
         _, tokens = split(tokenizer.encode_array(text)[0], model.config.context, str(path))
     if args.stream:
         from .generate import stream_eval
