@@ -163,6 +163,11 @@ def test_bad_training_input(tmp_path, capfd, small_corpus, trained):
     assert code == 0
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_asking_for_a_missing_gpu(tmp_path, capfd, small_corpus):
+    one_line_error(capfd, "train", "--data", small_corpus, "--out", tmp_path / "r", "--device", "cuda", match="no CUDA device")
+
+
 def test_bad_generation_and_run_folders(tmp_path, capfd, trained):
     one_line_error(capfd, "generate", "--run", trained, "--top-p", "0", match="top-p must be in (0, 1]")
     one_line_error(capfd, "generate", "--run", trained, "--temperature", "-1", match="temperature must be >= 0")
