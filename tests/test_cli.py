@@ -225,3 +225,32 @@ def test_ctrl_c_in_interactive_mode_ends_only_the_current_continuation(trained, 
     code, out, _ = blu(capfd, "generate", "--run", trained, "-i", "--max-new-tokens", 20, "--seed", 0)
     assert code == 0
     assert len(out) == len("ROMEO:") + 1 + 1 + len("JULIET:") + 20 + 1 and "JULIET:" in out
+
+
+def test_every_training_flag_reaches_the_run(tmp_path, small_corpus, capfd):
+    run = tmp_path / "run"
+    code, _, err = blu(capfd, "train", "--data", small_corpus, "--out", run, "--iters", 3, "--preset", "seed", "--dim", 32,
+                       "--n-layer", 1, "--n-head", 4, "--n-kv-head", 2, "--hidden-dim", 48, "--context", 16,
+                       "--rope-theta", 500, "--tie-embeddings", "--batch-size", 4, "--grad-accum", 2, "--lr", 1e-3,
+                       "--warmup-iters", 7, "--weight-decay", 0.05, "--eval-every", 2, "--seed", 9)
+    assert code == 0, err
+    config = json.loads((run / "config.json").read_text())
+    assert config["preset"] == "seed"
+    assert config["model"] == {"vocab_size": config["model"]["vocab_size"], "dim": 32, "n_layer": 1, "n_head": 4,
+                               "n_kv_head": 2, "hidden_dim": 48, "context": 16, "rope_theta": 500.0,
+                               "norm_eps": 1e-5, "tie_embeddings": True}
+    train = config["train"]
+    assert (train["batch_size"], train["grad_accum"], train["lr"], train["warmup_iters"], train["weight_decay"],
+            train["eval_every"], train["seed"], train["iters"]) == (4, 2, 1e-3, 7, 0.05, 2, 9, 3)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "val_loss" in r] == [2, 3]
+    assert rows[-1]["tokens"] == 3 * 4 * 2 * 16  # steps x batch x accumulation x context
+
+
+def test_a_time_budget_ends_on_time(tmp_path, small_corpus, capfd):
+    run = tmp_path / "run"
+    assert blu(capfd, "train", "--data", small_corpus, "--out", run, "--time", "3s", *TINY)[0] == 0
+    train = json.loads((run / "config.json").read_text())["train"]
+    assert (train["time_s"], train["iters"]) == (3.0, 0)
+    final = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][-1]
+    assert 3.0 <= final["elapsed_s"] < 6.0 and "val_loss" in final
