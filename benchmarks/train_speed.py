@@ -1,7 +1,7 @@
 """Training tokens/s of blu against transformers' LlamaForCausalLM on the same
 configuration, the same batches and the same AdamW, in one process.
 
-    python benchmarks/train_speed.py [--preset seed] [--steps 20] [--rounds 3]
+    python benchmarks/train_speed.py [--preset seed] [--steps 20] [--rounds 3] [--compile]
 
 The two alternate in rounds so that noise from a shared machine hits both alike.
 """
@@ -38,6 +38,7 @@ def main():
     parser.add_argument("--preset", default="seed", choices=sorted(PRESETS))
     parser.add_argument("--steps", type=int, default=20, help="timed steps per round")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--compile", action="store_true", help="also time blu through torch.compile")
     args = parser.parse_args()
 
     preset = PRESETS[args.preset]
@@ -50,7 +51,10 @@ def main():
         "transformers": (transformers.LlamaForCausalLM(transformers.LlamaConfig(**hf_config(config), attn_implementation="sdpa")),
                          lambda m, x: m(x).logits),
     }
-    for model, forward in models.values():  # warm up allocators and kernels
+    if args.compile:
+        compiled = Transformer(config)
+        models["blu, torch.compile"] = (compiled, lambda m, x, fast=torch.compile(compiled): fast(x))
+    for model, forward in models.values():  # warm up allocators and kernels (and compile)
         steps_per_s(model, forward, batches[:3], preset.train.lr)
     rates = {name: [] for name in models}
     for _ in range(args.rounds):
@@ -58,7 +62,7 @@ def main():
             rates[name].append(steps_per_s(model, forward, batches, preset.train.lr) * B * T)
     rows = [{"implementation": name, "tokens_per_s": statistics.median(r), "rounds": ", ".join(f"{v:,.0f}" for v in r)}
             for name, r in rates.items()]
-    ratio = rows[0]["tokens_per_s"] / rows[1]["tokens_per_s"]
+    ratio = rows[0]["tokens_per_s"] / rows[1]["tokens_per_s"]  # eager blu / transformers
     print(f"preset {args.preset}: batch {B} x {T}, {Transformer(config).num_parameters():,} parameters")
     print(table(rows))
     print(f"blu / transformers: {ratio:.2f}x")

@@ -96,3 +96,30 @@ def test_interrupted_run_resumes_exactly(tmp_path, small_corpus):
     assert a.keys() == b.keys()
     for name in a:
         assert torch.equal(a[name], b[name]), name
+
+
+def test_compiled_training_matches_eager(tmp_path, small_corpus):
+    cpu = torch.device("cpu")
+    results = {}
+    for compile_model in (False, True):
+        run = tmp_path / str(compile_model)
+        args = prepare(run, small_corpus, iters=20, eval_every=1000, compile=compile_model)
+        notes = []
+        results[compile_model] = train(run, *args, cpu, log=notes.append)["best_val_loss"]
+        assert not any("does not work here" in n for n in notes), notes
+    assert results[True] == pytest.approx(results[False], abs=0.01)
+
+
+def test_training_goes_on_without_compile_where_it_cannot_work(tmp_path, small_corpus, monkeypatch):
+    def broken_compile(model):
+        def fails(*args, **kwargs):
+            raise RuntimeError("no C++ compiler found")
+
+        return fails
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    run = tmp_path / "run"
+    notes = []
+    state = train(run, *prepare(run, small_corpus, iters=5, compile=True), torch.device("cpu"), log=notes.append)
+    assert state["step"] == 5
+    assert any("torch.compile does not work here (RuntimeError: no C++ compiler found)" in n for n in notes)

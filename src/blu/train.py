@@ -85,6 +85,20 @@ def make_optimizer(model: Transformer, config: TrainConfig, device: torch.device
     return torch.optim.AdamW(groups, lr=config.lr, betas=(config.beta1, config.beta2), fused=device.type == "cuda")
 
 
+def compile_for_training(model: Transformer, batch_shape, device: torch.device, log):
+    """torch.compile(model), compiled now on a dummy batch so that a machine where inductor
+    cannot work (no C++ compiler, say) is found out at once and trains without it, with a note."""
+    fast = torch.compile(model)
+    try:
+        with autocast_for(device):
+            fast(torch.zeros(batch_shape, dtype=torch.int64, device=device)).float().sum().backward()
+    except Exception as error:  # torch.compile raises many kinds; any of them means: not here
+        log(f"torch.compile does not work here ({type(error).__name__}: {str(error).splitlines()[0][:120]}); training without it")
+        fast = model
+    model.zero_grad(set_to_none=True)
+    return fast
+
+
 class MetricsLog:
     """metrics.jsonl (one JSON object per line, appended) and the loss.png drawn from it."""
 
@@ -225,7 +239,9 @@ def train(run_dir, model_config: ModelConfig, config: TrainConfig, tokenizer, tr
     by_steps = bool(config.iters) and not config.time_s  # otherwise the bar counts seconds
     bar_total = config.iters if by_steps else round(config.time_s)
     bar = tqdm(total=bar_total, unit="step" if by_steps else "s", file=sys.stderr, dynamic_ncols=True, disable=None)
-    started = time.perf_counter() - state["elapsed_s"]
+    started = time.perf_counter() - state["elapsed_s"]  # compiling counts against a --time budget
+    # Training runs through `forward` (compiled or not); evaluation, sampling and saving use `model`.
+    forward = compile_for_training(model, (config.batch_size, model_config.context), device, log) if config.compile else model
     last_log = (time.perf_counter(), state["tokens"])
     model.train()
     stop = StopRequest()
@@ -239,7 +255,7 @@ def train(run_dir, model_config: ModelConfig, config: TrainConfig, tokenizer, tr
                 x, y = sampler.next()
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 with autocast_for(device):
-                    logits = model(x)
+                    logits = forward(x)
                 loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
                 (loss / config.grad_accum).backward()
                 loss_sum += loss.detach()
