@@ -3,9 +3,10 @@
 import pytest
 import torch
 
+from blu.checkpoint import load_run, save_config
 from blu.config import ModelConfig, TrainConfig
 from blu.data import read_corpus, split
-from blu.generate import TextGenerator, position_buckets, stream_eval
+from blu.generate import TextGenerator, position_buckets, stream_eval, stream_losses
 from blu.tokenizer import CharTokenizer
 from blu.train import train
 
@@ -19,14 +20,10 @@ def trained(tmp_path_factory, shakespeare):
                                hidden_dim=192, context=32)
     config = TrainConfig(batch_size=32, lr=4e-3, warmup_iters=20, eval_every=1000, iters=250, sample_chars=0)
     train_tokens, val_tokens = split(tokenizer.encode_array(text)[0], model_config.context)
-    from blu.checkpoint import save_config
-
     save_config(run, {"model": model_config.__dict__, "train": config.__dict__, "data": {}}, tokenizer)
     torch.manual_seed(0)
     state = train(run, model_config, config, tokenizer, train_tokens, val_tokens, torch.device("cpu"), log=lambda m: None)
     assert state["best_val_loss"] < 2.4
-    from blu.checkpoint import load_run
-
     _, model, _ = load_run(run)
     return model, tokenizer, val_tokens
 
@@ -47,8 +44,6 @@ def test_loss_past_the_context_is_no_worse_than_in_its_second_half(trained):
 
 
 def test_stream_losses_match_the_plain_forward_inside_the_context(trained):
-    from blu.generate import stream_losses
-
     model, _, val_tokens = trained
     x = torch.from_numpy(val_tokens[:33].astype("int64"))[None]
     with torch.no_grad():

@@ -2,6 +2,7 @@
 the train/validation split and the seeded batch sampler."""
 
 import hashlib
+import itertools
 import os
 from pathlib import Path
 import tempfile
@@ -72,15 +73,17 @@ def read_corpus(path) -> str:
 
 def split(tokens: np.ndarray, context: int, name: str = "the corpus") -> tuple[np.ndarray, np.ndarray]:
     """First 90% for training, last 10% for validation, refusing corpora too short to train on."""
-    n_val = int(len(tokens) * VAL_FRACTION)
-    train, val = tokens[: len(tokens) - n_val], tokens[len(tokens) - n_val :]
-    if len(train) < context + 1 or len(val) < 2:
-        need = max(context + 1 + max(2, int((context + 1) * VAL_FRACTION / (1 - VAL_FRACTION)) + 1), 20)
+    def fits(n: int) -> bool:
+        return int(n * VAL_FRACTION) >= 2 and n - int(n * VAL_FRACTION) >= context + 1
+
+    if not fits(len(tokens)):
+        need = next(n for n in itertools.count(context + 1) if fits(n))
         raise BluError(
             f"{name} is too short: {len(tokens)} characters; a context of {context} needs at least {need}"
             " (a training window plus a 10% validation split)"
         )
-    return train, val
+    n_val = int(len(tokens) * VAL_FRACTION)
+    return tokens[: len(tokens) - n_val], tokens[len(tokens) - n_val :]
 
 
 class BatchSampler:

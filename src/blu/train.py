@@ -57,24 +57,21 @@ def evaluate(model, tokens: np.ndarray, batch_size: int = 64) -> tuple[float, in
     model.eval()
     device = model.tok_embeddings.weight.device
     context = model.config.context
-    data = torch.from_numpy(tokens.astype(np.int64))
-    n_windows = math.ceil((len(data) - 1) / context)
-    total, count = torch.zeros((), device=device, dtype=torch.float64), 0
+    n_windows = math.ceil((len(tokens) - 1) / context)
+    # Pad to whole windows with -1: padded targets are ignored, and padded inputs (read as 0)
+    # come after the last real target, so causality keeps them from touching any scored position.
+    padded = torch.full((n_windows * context + 1,), -1, dtype=torch.int64)
+    padded[: len(tokens)] = torch.from_numpy(tokens.astype(np.int64))
+    inputs = padded[:-1].clamp(min=0).view(n_windows, context)
+    targets = padded[1:].view(n_windows, context)
+    total = torch.zeros((), device=device, dtype=torch.float64)
     for first in range(0, n_windows, batch_size):
-        starts = range(first * context, min(first + batch_size, n_windows) * context, context)
-        # Windows are padded to the full context; padded positions get target -1 and are ignored.
-        x = torch.zeros(len(starts), context, dtype=torch.int64)
-        y = torch.full((len(starts), context), -1, dtype=torch.int64)
-        for row, start in enumerate(starts):
-            piece = data[start : start + context + 1]
-            x[row, : len(piece) - 1] = piece[:-1]
-            y[row, : len(piece) - 1] = piece[1:]
+        x, y = inputs[first : first + batch_size], targets[first : first + batch_size]
         with autocast_for(device):
             logits = model(x.to(device))
         total += F.cross_entropy(logits.float().flatten(0, 1), y.to(device).flatten(), ignore_index=-1, reduction="sum")
-        count += int((y >= 0).sum())
     model.train()
-    return total.item() / count, count
+    return total.item() / (len(tokens) - 1), len(tokens) - 1
 
 
 def make_optimizer(model: Transformer, config: TrainConfig, device: torch.device) -> torch.optim.AdamW:
