@@ -38,9 +38,15 @@ def save(name: str, results) -> Path:
     return path
 
 
+def _cell(value) -> str:
+    if not isinstance(value, float):
+        return str(value)
+    return f"{value:.4f}" if abs(value) < 10 else f"{value:,.0f}"  # losses to 4 places, rates and sizes whole
+
+
 def table(rows: list[dict]) -> str:
     """A Markdown table of dicts that share their keys."""
     keys = list(rows[0])
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    lines += ["| " + " | ".join(f"{r[k]:,.2f}" if isinstance(r[k], float) else str(r[k]) for k in keys) + " |" for r in rows]
+    lines += ["| " + " | ".join(_cell(r[k]) for k in keys) + " |" for r in rows]
     return "\n".join(lines)

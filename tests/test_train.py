@@ -13,7 +13,7 @@ from blu.checkpoint import load_run, save_config
 from blu.config import ModelConfig, TrainConfig, to_dict
 from blu.data import read_corpus, split
 from blu.tokenizer import CharTokenizer
-from blu.train import evaluate, learning_rate, train
+from blu.train import evaluate, train
 
 MODEL = dict(dim=48, n_layer=2, n_head=4, n_kv_head=2, hidden_dim=128, context=32)
 
@@ -29,14 +29,6 @@ def prepare(run_dir, corpus, **train_change):
     save_config(run_dir, meta, tokenizer)
     train_tokens, val_tokens = split(tokenizer.encode_array(text)[0], model_config.context)
     return model_config, config, tokenizer, train_tokens, val_tokens
-
-
-def test_schedule_warms_up_then_decays_fully():
-    config = TrainConfig(lr=1.0, warmup_iters=10, min_lr_ratio=0.1, iters=100)
-    assert learning_rate(config, 0, 0.0) == pytest.approx(0.1)
-    assert learning_rate(config, 9, 0.09) == pytest.approx(1.0, abs=0.03)
-    assert learning_rate(config, 100, 1.0) == pytest.approx(0.1)
-    assert learning_rate(config, 3, 1.0) <= 0.1  # a budget shorter than the warmup still ends decayed
 
 
 def test_short_run_on_tiny_shakespeare_learns_and_fills_the_run_folder(tmp_path, shakespeare):
@@ -73,19 +65,20 @@ def test_evaluation_covers_every_validation_token(tmp_path, small_corpus):
     assert count == len(val_tokens) - 1
 
 
-def test_interrupted_run_resumes_exactly(tmp_path, small_corpus):
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_interrupted_run_resumes_exactly(tmp_path, small_corpus, optimizer):
     """A run stopped by Ctrl-C at step 30 and resumed ends with the same weights,
     optimizer and RNG state as one that never stopped."""
     cpu = torch.device("cpu")
     straight = tmp_path / "straight"
-    train(straight, *prepare(straight, small_corpus, iters=60, eval_every=30), cpu, log=lambda m: None)
+    train(straight, *prepare(straight, small_corpus, iters=60, eval_every=30, optimizer=optimizer), cpu, log=lambda m: None)
 
     def press_ctrl_c_at_step_30(message):
         if message.startswith("step 30:"):
             os.kill(os.getpid(), signal.SIGINT)
 
     stopped = tmp_path / "stopped"
-    args = prepare(stopped, small_corpus, iters=60, eval_every=30)
+    args = prepare(stopped, small_corpus, iters=60, eval_every=30, optimizer=optimizer)
     state = train(stopped, *args, cpu, log=press_ctrl_c_at_step_30)
     assert state["interrupted"] and state["step"] == 30
     state = train(stopped, *args, cpu, resume=True, log=lambda m: None)

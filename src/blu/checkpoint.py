@@ -197,7 +197,7 @@ def load_last(run_dir: Path, model, optimizer, generators: dict) -> dict:
         if not key.startswith("optimizer."):
             continue
         name, field_name = key[len("optimizer."):].rsplit(".", 1)
-        if name not in shapes or (field_name.startswith("exp_avg") and value.shape != shapes[name].shape):
+        if name not in shapes or (value.dim() > 0 and value.shape != shapes[name].shape):
             raise BluError(f"{path}: optimizer state {name}.{field_name} does not fit the model")
         per_param.setdefault(order.index(name), {})[field_name] = value
     optimizer.load_state_dict({"state": per_param, "param_groups": optimizer.state_dict()["param_groups"]})

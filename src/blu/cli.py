@@ -49,7 +49,8 @@ def _add_config_flags(parser, cls, section):
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
                                help=f"{f.metadata['help']} ({per_preset})")
         else:
-            group.add_argument(flag, type=f.type, default=None, metavar="N", help=f"{f.metadata['help']} ({per_preset})")
+            group.add_argument(flag, type=f.type, default=None, choices=f.metadata["choices"],
+                               metavar=None if f.metadata["choices"] else "N", help=f"{f.metadata['help']} ({per_preset})")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,9 +10,9 @@ from .errors import BluError
 MAX_PARAMETERS = 2_000_000_000  # far beyond one modest GPU; refuses absurd shapes from a damaged config.json
 
 
-def _knob(default, help_text):
+def _knob(default, help_text, choices=None):
     """A field the user may override from the command line (`--name-with-dashes`)."""
-    return field(default=default, metadata={"help": help_text})
+    return field(default=default, metadata={"help": help_text, "choices": choices})
 
 
 @dataclass(frozen=True)
@@ -61,9 +61,11 @@ class ModelConfig:
 class TrainConfig:
     batch_size: int = _knob(16, "sequences per optimizer micro-step")
     grad_accum: int = _knob(1, "micro-steps accumulated per optimizer step")
+    optimizer: str = _knob("muon", "adamw, or muon for the matrices inside the blocks (AdamW for the rest)", ("adamw", "muon"))
     lr: float = _knob(5e-4, "peak learning rate")
-    min_lr_ratio: float = 0.1  # the cosine decay ends at lr * min_lr_ratio
+    min_lr_ratio: float = 0.1  # the decay ends at lr * min_lr_ratio
     warmup_iters: int = _knob(100, "linear warmup steps")
+    cooldown: float = _knob(0.3, "final fraction of the budget over which the lr decays linearly (1 = the whole run)")
     weight_decay: float = _knob(0.1, "AdamW weight decay on 2-D weights")
     beta1: float = 0.9
     beta2: float = 0.95
@@ -86,6 +88,10 @@ class TrainConfig:
                 raise BluError(f"{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         if not self.lr > 0 or not self.weight_decay >= 0 or not self.time_s >= 0:
             raise BluError("lr must be positive and weight-decay and time non-negative")
+        if not 0 < self.cooldown <= 1:
+            raise BluError(f"cooldown must be in (0, 1], got {self.cooldown}")
+        if self.optimizer not in ("adamw", "muon"):
+            raise BluError(f"optimizer must be adamw or muon, got {self.optimizer!r}")
         if not self.iters and not self.time_s:
             raise BluError("training needs a budget: --iters or --time")
 
@@ -102,7 +108,7 @@ PRESETS = {
     "seed": Preset(
         "the original Blu: dim 256, 4 layers, 8 heads, context 64, batch 16, lr 5e-4",
         ModelConfig(dim=256, n_layer=4, n_head=8, n_kv_head=8, hidden_dim=512, context=64),
-        TrainConfig(batch_size=16, lr=5e-4, warmup_iters=100, weight_decay=0.1),
+        TrainConfig(optimizer="adamw", batch_size=16, lr=5e-4, warmup_iters=100, weight_decay=0.1),
         default_iters=5000,
     ),
     "cpu": Preset(

@@ -14,6 +14,7 @@ from safetensors.torch import save as safetensors_bytes
 
 from .checkpoint import atomic_write, load_run, model_tensors
 from .errors import BluError
+from .model import fused_rows
 from .tokenizer import UNK
 
 # blu name -> transformers name(s); {i} is the layer index. Fused blu weights
@@ -40,10 +41,7 @@ HF_NAMES = {
 
 def hf_state_dict(tensors: dict, config) -> dict:
     """blu weights (as from checkpoint.model_tensors) renamed and split for LlamaForCausalLM."""
-    split_rows = {
-        "qkv_proj": [config.n_head * config.head_dim] + [config.n_kv_head * config.head_dim] * 2,
-        "gate_up_proj": [config.hidden_dim] * 2,
-    }
+    split_rows = fused_rows(config)
     out = {}
     for name, tensor in tensors.items():
         layer = re.match(r"layers\.(\d+)\.", name)

@@ -39,6 +39,14 @@ def apply_rope(x, cos, signed_sin):
     return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * signed_sin
 
 
+def fused_rows(config: ModelConfig) -> dict[str, list[int]]:
+    """Row sizes of the parts of each fused weight: qkv_proj is [q | k | v], gate_up_proj [gate | up]."""
+    return {
+        "qkv_proj": [config.n_head * config.head_dim] + [config.n_kv_head * config.head_dim] * 2,
+        "gate_up_proj": [config.hidden_dim] * 2,
+    }
+
+
 class Attention(nn.Module):
     def __init__(self, config: ModelConfig, layer_index: int):
         super().__init__()

@@ -22,6 +22,7 @@ from .data import BatchSampler
 from .errors import BluError
 from .generate import TextGenerator
 from .model import Transformer
+from .optim import learning_rate, make_optimizer
 
 MAX_FAULTS_IN_A_ROW = 5  # non-finite steps tolerated in a row before training stops
 
@@ -39,15 +40,6 @@ def pick_device(name: str) -> torch.device:
 def autocast_for(device: torch.device):
     """bf16 autocast on CUDA, where it is fast and stable; full fp32 elsewhere."""
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
-
-
-def learning_rate(config: TrainConfig, step: int, progress: float) -> float:
-    """Linear warmup over `warmup_iters` steps, times a cosine decay to lr * min_lr_ratio
-    as `progress` (the spent fraction of the step or time budget) goes from 0 to 1.
-    The two multiply, so even a budget shorter than the warmup ends fully decayed."""
-    warmup = min(1.0, (step + 1) / config.warmup_iters) if config.warmup_iters else 1.0
-    cosine = 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-    return config.lr * warmup * (config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine)
 
 
 @torch.no_grad()
@@ -72,14 +64,6 @@ def evaluate(model, tokens: np.ndarray, batch_size: int = 64) -> tuple[float, in
         total += F.cross_entropy(logits.float().flatten(0, 1), y.to(device).flatten(), ignore_index=-1, reduction="sum")
     model.train()
     return total.item() / (len(tokens) - 1), len(tokens) - 1
-
-
-def make_optimizer(model: Transformer, config: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW with weight decay on the 2-D weights only (not on the norm scales)."""
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=config.lr, betas=(config.beta1, config.beta2), fused=device.type == "cuda")
 
 
 def compile_for_training(model: Transformer, batch_shape, device: torch.device, log):
