@@ -232,16 +232,18 @@ def test_every_training_flag_reaches_the_run(tmp_path, small_corpus, capfd):
     code, _, err = blu(capfd, "train", "--data", small_corpus, "--out", run, "--iters", 3, "--preset", "seed", "--dim", 32,
                        "--n-layer", 1, "--n-head", 4, "--n-kv-head", 2, "--hidden-dim", 48, "--context", 16,
                        "--rope-theta", 500, "--tie-embeddings", "--batch-size", 4, "--grad-accum", 2, "--lr", 1e-3,
-                       "--warmup-iters", 7, "--weight-decay", 0.05, "--eval-every", 2, "--seed", 9)
+                       "--warmup-iters", 7, "--weight-decay", 0.05, "--eval-every", 2, "--seed", 9,
+                       "--optimizer", "muon", "--cooldown", 0.5, "--dropout", 0.1)
     assert code == 0, err
     config = json.loads((run / "config.json").read_text())
     assert config["preset"] == "seed"
     assert config["model"] == {"vocab_size": config["model"]["vocab_size"], "dim": 32, "n_layer": 1, "n_head": 4,
                                "n_kv_head": 2, "hidden_dim": 48, "context": 16, "rope_theta": 500.0,
-                               "norm_eps": 1e-5, "tie_embeddings": True}
+                               "norm_eps": 1e-5, "tie_embeddings": True, "dropout": 0.1}
     train = config["train"]
     assert (train["batch_size"], train["grad_accum"], train["lr"], train["warmup_iters"], train["weight_decay"],
-            train["eval_every"], train["seed"], train["iters"]) == (4, 2, 1e-3, 7, 0.05, 2, 9, 3)
+            train["eval_every"], train["seed"], train["iters"], train["optimizer"], train["cooldown"]
+            ) == (4, 2, 1e-3, 7, 0.05, 2, 9, 3, "muon", 0.5)
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "val_loss" in r] == [2, 3]
     assert rows[-1]["tokens"] == 3 * 4 * 2 * 16  # steps x batch x accumulation x context

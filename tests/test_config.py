@@ -24,7 +24,8 @@ def test_config_json_round_trip_and_rejects_unknown_keys():
         from_dict(ModelConfig, {**to_dict(config), "dim": "128"})
 
 
-@pytest.mark.parametrize("change", [{"dim": 100, "n_head": 8}, {"n_head": 8, "n_kv_head": 3}, {"dim": 0}])
+@pytest.mark.parametrize("change", [{"dim": 100, "n_head": 8}, {"n_head": 8, "n_kv_head": 3}, {"dim": 0},
+                                    {"dropout": 1.0}, {"dropout": -0.1}])
 def test_impossible_shapes_are_refused(change):
     with pytest.raises(BluError):
         ModelConfig(**{**to_dict(PRESETS["seed"].model), "vocab_size": 10, **change}).validate()
@@ -33,3 +34,9 @@ def test_impossible_shapes_are_refused(change):
 def test_training_needs_a_budget():
     with pytest.raises(BluError, match="budget"):
         TrainConfig().validate()
+
+
+@pytest.mark.parametrize("change", [{"cooldown": 0.0}, {"cooldown": 1.5}, {"optimizer": "sgd"}])
+def test_impossible_training_settings_are_refused(change):
+    with pytest.raises(BluError):
+        TrainConfig(iters=10, **change).validate()

@@ -33,6 +33,16 @@ def test_causality():
     assert not torch.allclose(a[:, 12:], b[:, 12:], atol=1e-3)
 
 
+def test_dropout_acts_in_training_only():
+    torch.manual_seed(0)
+    plain, dropping = Transformer(tiny()), Transformer(tiny(dropout=0.3))
+    dropping.load_state_dict(plain.state_dict())
+    x = torch.randint(0, 67, (2, 16))
+    with torch.no_grad():
+        assert not torch.allclose(dropping.train()(x), plain.train()(x), atol=1e-3)
+        torch.testing.assert_close(dropping.eval()(x), plain.eval()(x))
+
+
 def test_initial_loss_is_about_ln_vocab():
     torch.manual_seed(0)
     model = Transformer(tiny(vocab_size=65))

@@ -27,6 +27,7 @@ class ModelConfig:
     rope_theta: float = _knob(10000.0, "RoPE base frequency")
     norm_eps: float = 1e-5
     tie_embeddings: bool = _knob(False, "share the input embedding and the output head")
+    dropout: float = _knob(0.0, "dropout on each block's two outputs while training (regularises small data)")
 
     @property
     def head_dim(self) -> int:
@@ -44,6 +45,8 @@ class ModelConfig:
             raise BluError(f"head size dim/n_head = {self.head_dim} must be even for rotary embeddings")
         if self.n_head % self.n_kv_head:
             raise BluError(f"n_head {self.n_head} must be a multiple of n_kv_head {self.n_kv_head}")
+        if not 0 <= self.dropout < 1:
+            raise BluError(f"dropout must be in [0, 1), got {self.dropout}")
         if not self.rope_theta > 0:
             raise BluError(f"rope_theta must be positive, got {self.rope_theta}")
         if self.num_parameters() > MAX_PARAMETERS:

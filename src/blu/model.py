@@ -98,10 +98,11 @@ class Block(nn.Module):
         self.attention = Attention(config, layer_index)
         self.ffn_norm = RMSNorm(config.dim, config.norm_eps)
         self.feed_forward = FeedForward(config)
+        self.dropout = nn.Dropout(config.dropout)  # active only in training mode
 
     def forward(self, x, cos, sin, cache=None):
-        x = x + self.attention(self.attention_norm(x), cos, sin, cache)
-        return x + self.feed_forward(self.ffn_norm(x))
+        x = x + self.dropout(self.attention(self.attention_norm(x), cos, sin, cache))
+        return x + self.dropout(self.feed_forward(self.ffn_norm(x)))
 
 
 class Transformer(nn.Module):
