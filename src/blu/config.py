@@ -69,7 +69,7 @@ class TrainConfig:
     min_lr_ratio: float = 0.1  # the decay ends at lr * min_lr_ratio
     warmup_iters: int = _knob(100, "linear warmup steps")
     cooldown: float = _knob(0.3, "final fraction of the budget over which the lr decays linearly (1 = the whole run)")
-    weight_decay: float = _knob(0.1, "AdamW weight decay on 2-D weights")
+    weight_decay: float = _knob(0.1, "decoupled weight decay on 2-D weights (Muon and AdamW)")
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0
