@@ -7,6 +7,7 @@ import re
 
 from .errors import BluError
 
+OPTIMIZERS = ("muon", "adamw")
 MAX_PARAMETERS = 2_000_000_000  # far beyond one modest GPU; refuses absurd shapes from a damaged config.json
 
 
@@ -64,7 +65,7 @@ class ModelConfig:
 class TrainConfig:
     batch_size: int = _knob(16, "sequences per optimizer micro-step")
     grad_accum: int = _knob(1, "micro-steps accumulated per optimizer step")
-    optimizer: str = _knob("muon", "adamw, or muon for the matrices inside the blocks (AdamW for the rest)", ("adamw", "muon"))
+    optimizer: str = _knob("muon", "muon for the matrices inside the blocks (AdamW for the rest), or adamw", OPTIMIZERS)
     lr: float = _knob(5e-4, "peak learning rate")
     min_lr_ratio: float = 0.1  # the decay ends at lr * min_lr_ratio
     warmup_iters: int = _knob(100, "linear warmup steps")
@@ -93,8 +94,8 @@ class TrainConfig:
             raise BluError("lr must be positive and weight-decay and time non-negative")
         if not 0 < self.cooldown <= 1:
             raise BluError(f"cooldown must be in (0, 1], got {self.cooldown}")
-        if self.optimizer not in ("adamw", "muon"):
-            raise BluError(f"optimizer must be adamw or muon, got {self.optimizer!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise BluError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if not self.iters and not self.time_s:
             raise BluError("training needs a budget: --iters or --time")
 

@@ -74,7 +74,7 @@ class MuonAdamW(torch.optim.Optimizer):
         buffer = state["momentum_buffer"]
         buffer.lerp_(p.grad, 1 - group["momentum"])
         nesterov = p.grad.lerp(buffer, group["momentum"])
-        rows = self.parts.get(p, [p.size(0)])
+        rows = self.parts.get(p, [p.size(0)])  # no parts given: the whole matrix
         for weight, update in zip(p.split(rows), nesterov.split(rows)):  # views: adding to them updates p
             scale = 0.2 * math.sqrt(max(weight.shape))
             weight.add_(orthogonalize(update), alpha=-group["lr"] * scale)
@@ -99,13 +99,18 @@ def make_optimizer(model, config: TrainConfig, device: torch.device) -> torch.op
     --optimizer muon, Muon for the matrices inside the blocks and AdamW for the rest."""
     betas = (config.beta1, config.beta2)
     if config.optimizer == "muon":
-        hidden = [p for name, p in model.named_parameters() if p.dim() == 2 and name.startswith("layers.")]
         rows = fused_rows(model.config)
-        parts = {p: rows[name.split(".")[-2]] for name, p in model.named_parameters() if name.split(".")[-2] in rows}
-        embeddings = [p for name, p in model.named_parameters() if p.dim() == 2 and not name.startswith("layers.")]
-        norms = [p for p in model.parameters() if p.dim() < 2]
+        hidden, outer, norms, parts = [], [], [], {}
+        for name, p in model.named_parameters():
+            if p.dim() < 2:
+                norms.append(p)
+            elif name.startswith("layers."):
+                hidden.append(p)
+                parts[p] = rows.get(name.split(".")[-2], [p.size(0)])
+            else:
+                outer.append(p)  # the embedding and the output head
         groups = [{"params": hidden, "weight_decay": config.weight_decay, "muon": True},
-                  {"params": embeddings, "weight_decay": config.weight_decay},
+                  {"params": outer, "weight_decay": config.weight_decay},
                   {"params": norms, "weight_decay": 0.0}]
         return MuonAdamW(groups, lr=config.lr, betas=betas, parts=parts)
     decay = [p for p in model.parameters() if p.dim() >= 2]
