@@ -1,10 +1,12 @@
+import copy
+
 import pytest
 import torch
 
 from blu.errors import BluError
 from blu.config import SamplingOptions
-from blu.generate import KVCache, StopStrings, TextGenerator, sample, stream_tokens
-from blu.model import Transformer
+from blu.generate import DecodeStep, KVCache, StopStrings, TextGenerator, sample, stream_tokens
+from blu.model import RMSNorm, Transformer
 from blu.tokenizer import CharTokenizer
 from test_model import tiny
 
@@ -24,6 +26,25 @@ def test_cached_equals_uncached_at_every_step(model):
         stepwise += [model(x[:, t : t + 1], cache) for t in range(5, 20)]
         stepwise.append(model(x[:, 20:], cache))  # a chunk after cached tokens
     assert (torch.cat(stepwise, dim=1) - full).abs().max().item() < 1e-5
+
+
+def test_decode_step_equals_the_model_at_every_position(model):
+    """The fast one-token step (folded norms, transposed weights, grouped-query heads here)
+    computes what the model computes, from the first position to the last."""
+    model = copy.deepcopy(model)
+    with torch.no_grad():
+        for norm in [m for m in model.modules() if isinstance(m, RMSNorm)]:
+            norm.weight.uniform_(0.5, 1.5)  # trained gains, which the step folds into the matrices
+    x = torch.randint(1, 67, (2, 32))
+    step = DecodeStep(model)
+    with torch.no_grad():
+        full = model(x)
+        cache = KVCache.for_model(model, batch_size=2)
+        model(x[:, :3], cache)
+        stepwise = torch.stack([step(x[:, t], cache) for t in range(3, 32)], dim=1)
+        with pytest.raises(ValueError, match="exceeds the context"):
+            step(x[:, 0], cache)
+    assert (stepwise - full[:, 3:]).abs().max().item() < 1e-5
 
 
 def test_positions_beyond_the_context_are_refused(model):

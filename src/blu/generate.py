@@ -10,19 +10,25 @@ exactly the situation of the second half of a training window. The cost is one
 forward pass over context/2 tokens every context/2 generated tokens.
 """
 
+import math
+
 import torch
+import torch.nn.functional as F
 
 from .config import DEFAULT_MAX_NEW_TOKENS, SamplingOptions
 from .errors import BluError
+from .model import apply_rope
 
 
 class KVCache:
-    """Keys and values for every layer, preallocated once per call and indexed by position."""
+    """Keys and values for every layer, preallocated once per call and indexed by position.
+
+    One tensor holds both, keys then values along the head axis, so a decode step whose
+    projections come out as [k heads | v heads] stores them with one copy."""
 
     def __init__(self, n_layer, batch_size, n_kv_head, length, head_dim, device, dtype):
-        shape = (n_layer, batch_size, n_kv_head, length, head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.kv = torch.zeros((n_layer, batch_size, 2 * n_kv_head, length, head_dim), device=device, dtype=dtype)
+        self.k, self.v = self.kv[:, :, :n_kv_head], self.kv[:, :, n_kv_head:]  # views
         self.pos = 0  # number of positions filled; the model advances it after each forward
 
     @classmethod
@@ -40,6 +46,65 @@ class KVCache:
 
     def reset(self):
         self.pos = 0
+
+
+class DecodeStep:
+    """`model(tokens[:, None], cache)[:, -1]` for one new token per sequence, in fewer operations.
+
+    Token-by-token generation on a CPU is bound by the overhead of each tensor operation,
+    not by arithmetic (BENCHMARKS.md), so this step computes the same function with fewer
+    of them: each RMSNorm gain is folded into the matrix after it, the attention scale into
+    the query rows, values get the identity rotation so that q, k and v rotate in one go
+    and k|v enter the cache in one copy, and the weights are stored (in, out), which the
+    CPU's matrix-vector product reads faster. The weights are a snapshot taken when the
+    step is built: build one per generation call."""
+
+    @torch.no_grad()
+    def __init__(self, model):
+        c = model.config
+        self.config = c
+        self.gqa = c.n_kv_head != c.n_head
+        q_rows = c.n_head * c.head_dim
+        self.layers = []
+        for block in model.layers:
+            qkv = block.attention.qkv_proj.weight * block.attention_norm.weight
+            qkv[:q_rows] /= math.sqrt(c.head_dim)
+            gate_up = block.feed_forward.gate_up_proj.weight * block.ffn_norm.weight
+            weights = (qkv, block.attention.o_proj.weight, gate_up, block.feed_forward.down_proj.weight)
+            self.layers.append(tuple(w.T.contiguous() for w in weights))
+        self.head = (model.output.weight * model.norm.weight).T.contiguous()
+        self.embedding = model.tok_embeddings.weight
+        self.eps = self.embedding.new_full((1, 1, 1), c.norm_eps)
+        rotated = c.n_head + c.n_kv_head  # q and k heads; the n_kv_head value heads follow
+        cos, sin = model.rope_cos[:, None], model.rope_sin[:, None]  # (context, 1, head_dim)
+        identity = cos.new_ones(c.context, c.n_kv_head, c.head_dim), sin.new_zeros(c.context, c.n_kv_head, c.head_dim)
+        self.cos = torch.cat((cos.expand(-1, rotated, -1), identity[0]), dim=1)[:, :, None]  # (context, heads, 1, head_dim)
+        self.sin = torch.cat((sin.expand(-1, rotated, -1), identity[1]), dim=1)[:, :, None]
+
+    def _norm(self, x):
+        """RMSNorm without gain in three operations: x . x / dim + eps in one batched product
+        (F.rms_norm takes several more, each with its fixed cost)."""
+        mean_square = torch.baddbmm(self.eps, x[:, None], x[:, :, None], alpha=1 / x.shape[-1])  # (B, 1, 1)
+        return x * mean_square.view(-1, 1).rsqrt_()
+
+    def __call__(self, tokens: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Logits (B, vocab) for tokens (B,) at position cache.pos, which it advances."""
+        c, pos = self.config, cache.pos
+        if pos >= c.context:
+            raise ValueError(f"position {pos} exceeds the context of {c.context}")
+        x = self.embedding[tokens]  # (B, dim)
+        B = x.shape[0]
+        cos, sin = self.cos[pos], self.sin[pos]
+        for i, (w_qkv, w_o, w_gate_up, w_down) in enumerate(self.layers):
+            qkv = apply_rope((self._norm(x) @ w_qkv).view(B, -1, 1, c.head_dim), cos, sin)  # (B, heads, 1, head_dim)
+            cache.kv[i, :, :, pos : pos + 1] = qkv[:, c.n_head :]
+            y = F.scaled_dot_product_attention(qkv[:, : c.n_head], cache.k[i, :, :, : pos + 1], cache.v[i, :, :, : pos + 1],
+                                               scale=1.0, enable_gqa=self.gqa)  # (B, n_head, 1, head_dim)
+            x = x + y.view(B, -1) @ w_o
+            gate, up = (self._norm(x) @ w_gate_up).chunk(2, dim=-1)
+            x = x + (F.silu(gate) * up) @ w_down
+        cache.pos += 1
+        return self._norm(x) @ self.head
 
 
 def penalize_repetition(logits, recent, penalty: float):
@@ -86,6 +151,7 @@ def decode(model, prompt: torch.Tensor, steps: int, choose, history_length: int 
     context = model.config.context
     keep = max(1, context // 2)
     cache = KVCache.for_model(model, batch_size=prompt.shape[0])
+    step = DecodeStep(model)
     history = prompt[:, -context:]
     logits = model(history, cache)[:, -1]
     for _ in range(steps):
@@ -96,7 +162,7 @@ def decode(model, prompt: torch.Tensor, steps: int, choose, history_length: int 
             cache.reset()
             logits = model(history[:, -keep:], cache)[:, -1]
         else:
-            logits = model(token[:, None], cache)[:, -1]
+            logits = step(token, cache)
 
 
 def stream_tokens(model, prompt_ids: list[int], max_new_tokens: int, options: SamplingOptions, generator=None):
