@@ -1,6 +1,6 @@
 import pytest
 
-from blu.config import PRESETS, ModelConfig, TrainConfig, from_dict, parse_duration, to_dict
+from blu.config import PRESETS, ModelConfig, TrainConfig, configs_for, from_dict, parse_duration, to_dict
 from blu.errors import BluError
 
 
@@ -40,3 +40,14 @@ def test_training_needs_a_budget():
 def test_impossible_training_settings_are_refused(change):
     with pytest.raises(BluError):
         TrainConfig(iters=10, **change).validate()
+
+
+def test_long_time_budgets_get_the_presets_long_budget_values_unless_the_user_set_them():
+    def dropout(time_s=None, iters=None, **overrides):
+        return configs_for("cpu", overrides, 66, iters=iters, time_s=time_s)[0].dropout
+
+    assert dropout(time_s=150) == 0.0
+    assert dropout(time_s=300) == dropout(time_s=600) == 0.1
+    assert dropout(time_s=600, dropout=0.0) == 0.0
+    assert dropout(time_s=600, dropout=None) == 0.1  # an unset flag arrives as None
+    assert dropout(iters=5000) == 0.0  # step budgets keep the preset's value

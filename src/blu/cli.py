@@ -40,10 +40,16 @@ def _duration(text):
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+def _long_budget_note(preset, name: str) -> str:
+    seconds, values = preset.long_budget or (0, {})
+    return f" or {values[name]} from --time {seconds:g}" if name in values else ""
+
+
 def _add_config_flags(parser, cls, section):
     group = parser.add_argument_group(f"{section} (default: the preset's value)")
     for f in knobs(cls):
-        per_preset = ", ".join(f"{name}: {getattr(getattr(p, section), f.name)}" for name, p in PRESETS.items())
+        per_preset = ", ".join(f"{name}: {getattr(getattr(p, section), f.name)}{_long_budget_note(p, f.name)}"
+                               for name, p in PRESETS.items())
         flag = "--" + f.name.replace("_", "-")
         if f.type is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
