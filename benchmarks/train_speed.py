@@ -1,9 +1,11 @@
 """Training tokens/s of blu against transformers' LlamaForCausalLM on the same
 configuration, the same batches and the same AdamW (fused, as `blu train` uses it), in one process.
 
-    python benchmarks/train_speed.py [--preset seed] [--steps 20] [--rounds 3] [--compile]
+    python benchmarks/train_speed.py [--preset seed] [--steps 20] [--rounds 3] [--compile] [--profile]
 
 The two alternate in rounds so that noise from a shared machine hits both alike.
+--profile adds where blu's eager step spends its time (the profiler's top
+operators) and the rate of the machine's fp32 matrix product at the model's shape.
 """
 
 import argparse
@@ -13,6 +15,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from torch.profiler import profile
 import transformers
 
 from blu.config import PRESETS
@@ -33,12 +36,34 @@ def steps_per_s(model, forward, batches, lr):
     return len(batches) / (time.perf_counter() - start)
 
 
+def where_time_goes(model, forward, batches, lr, tokens: int, config) -> dict:
+    """Share of blu's step in matrix products, and the fp32 product rate at the block's shape."""
+    with profile() as prof:
+        steps_per_s(model, forward, batches, lr)
+    ops = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+    total = sum(e.self_cpu_time_total for e in ops)
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=10))
+    x, w = torch.randn(tokens, config.dim), torch.randn(config.hidden_dim, config.dim)
+    for _ in range(20):
+        F.linear(x, w)
+    start = time.perf_counter()
+    for _ in range(200):
+        F.linear(x, w)
+    gflops = 2 * tokens * config.dim * config.hidden_dim * 200 / (time.perf_counter() - start) / 1e9
+    mm_share = sum(e.self_cpu_time_total for e in ops if e.key == "aten::mm") / total
+    print(f"matrix products: {mm_share:.0%} of the profiled step; fp32 product ({tokens} x {config.dim}) @ "
+          f"({config.dim} x {config.hidden_dim}): {gflops:.0f} GFLOP/s")
+    return {"mm_share": mm_share, "linear_gflops": gflops,
+            "top_ops": [{"op": e.key, "share": e.self_cpu_time_total / total, "calls_per_step": e.count / len(batches)} for e in ops[:10]]}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="seed", choices=sorted(PRESETS))
     parser.add_argument("--steps", type=int, default=20, help="timed steps per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--compile", action="store_true", help="also time blu through torch.compile")
+    parser.add_argument("--profile", action="store_true", help="also show where blu's eager step spends its time")
     args = parser.parse_args()
 
     preset = PRESETS[args.preset]
@@ -66,7 +91,10 @@ def main():
     print(f"preset {args.preset}: batch {B} x {T}, {Transformer(config).num_parameters():,} parameters")
     print(table(rows))
     print(f"blu / transformers: {ratio:.2f}x")
-    print("wrote", save(f"train_speed_{args.preset}", {"rows": rows, "ratio": ratio, "batch": B, "context": T}))
+    result = {"rows": rows, "ratio": ratio, "batch": B, "context": T}
+    if args.profile:
+        result["profile"] = where_time_goes(*models["blu"], batches, preset.train.lr, B * T, config)
+    print("wrote", save(f"train_speed_{args.preset}", result))
 
 
 if __name__ == "__main__":
