@@ -55,9 +55,9 @@ class DecodeStep:
     not by arithmetic (BENCHMARKS.md), so this step computes the same function with fewer
     of them: each RMSNorm gain is folded into the matrix after it, the attention scale into
     the query rows, values get the identity rotation so that q, k and v rotate in one go
-    and k|v enter the cache in one copy, and the weights are stored (in, out), which the
-    CPU's matrix-vector product reads faster. The weights are a snapshot taken when the
-    step is built: build one per generation call."""
+    and k|v enter the cache in one copy, RMSNorm takes three operations and there are no
+    module calls. The folded weights are a snapshot taken when the step is built: build
+    one per generation call."""
 
     @torch.no_grad()
     def __init__(self, model):
@@ -70,9 +70,8 @@ class DecodeStep:
             qkv = block.attention.qkv_proj.weight * block.attention_norm.weight
             qkv[:q_rows] /= math.sqrt(c.head_dim)
             gate_up = block.feed_forward.gate_up_proj.weight * block.ffn_norm.weight
-            weights = (qkv, block.attention.o_proj.weight, gate_up, block.feed_forward.down_proj.weight)
-            self.layers.append(tuple(w.T.contiguous() for w in weights))
-        self.head = (model.output.weight * model.norm.weight).T.contiguous()
+            self.layers.append((qkv, block.attention.o_proj.weight, gate_up, block.feed_forward.down_proj.weight))
+        self.head = model.output.weight * model.norm.weight
         self.embedding = model.tok_embeddings.weight
         self.eps = self.embedding.new_full((1, 1, 1), c.norm_eps)
         rotated = c.n_head + c.n_kv_head  # q and k heads; the n_kv_head value heads follow
@@ -96,15 +95,15 @@ class DecodeStep:
         B = x.shape[0]
         cos, sin = self.cos[pos], self.sin[pos]
         for i, (w_qkv, w_o, w_gate_up, w_down) in enumerate(self.layers):
-            qkv = apply_rope((self._norm(x) @ w_qkv).view(B, -1, 1, c.head_dim), cos, sin)  # (B, heads, 1, head_dim)
+            qkv = apply_rope(F.linear(self._norm(x), w_qkv).view(B, -1, 1, c.head_dim), cos, sin)  # (B, heads, 1, head_dim)
             cache.kv[i, :, :, pos : pos + 1] = qkv[:, c.n_head :]
             y = F.scaled_dot_product_attention(qkv[:, : c.n_head], cache.k[i, :, :, : pos + 1], cache.v[i, :, :, : pos + 1],
                                                scale=1.0, enable_gqa=self.gqa)  # (B, n_head, 1, head_dim)
-            x = x + y.view(B, -1) @ w_o
-            gate, up = (self._norm(x) @ w_gate_up).chunk(2, dim=-1)
-            x = x + (F.silu(gate) * up) @ w_down
+            x = x + F.linear(y.view(B, -1), w_o)
+            gate, up = F.linear(self._norm(x), w_gate_up).chunk(2, dim=-1)
+            x = x + F.linear(F.silu(gate) * up, w_down)
         cache.pos += 1
-        return self._norm(x) @ self.head
+        return F.linear(self._norm(x), self.head)
 
 
 def penalize_repetition(logits, recent, penalty: float):
