@@ -29,7 +29,7 @@ def test_cached_equals_uncached_at_every_step(model):
 
 
 def test_decode_step_equals_the_model_at_every_position(model):
-    """The fast one-token step (folded norms, transposed weights, grouped-query heads here)
+    """The fast one-token step (folded norm gains and attention scale, grouped-query heads here)
     computes what the model computes, from the first position to the last."""
     model = copy.deepcopy(model)
     with torch.no_grad():

@@ -76,9 +76,9 @@ class DecodeStep:
         self.eps = self.embedding.new_full((1, 1, 1), c.norm_eps)
         rotated = c.n_head + c.n_kv_head  # q and k heads; the n_kv_head value heads follow
         cos, sin = model.rope_cos[:, None], model.rope_sin[:, None]  # (context, 1, head_dim)
-        identity = cos.new_ones(c.context, c.n_kv_head, c.head_dim), sin.new_zeros(c.context, c.n_kv_head, c.head_dim)
-        self.cos = torch.cat((cos.expand(-1, rotated, -1), identity[0]), dim=1)[:, :, None]  # (context, heads, 1, head_dim)
-        self.sin = torch.cat((sin.expand(-1, rotated, -1), identity[1]), dim=1)[:, :, None]
+        values = (c.context, c.n_kv_head, c.head_dim)  # the identity rotation: cos 1, sin 0
+        self.cos = torch.cat((cos.expand(-1, rotated, -1), cos.new_ones(values)), dim=1)[:, :, None]  # (context, heads, 1, head_dim)
+        self.sin = torch.cat((sin.expand(-1, rotated, -1), sin.new_zeros(values)), dim=1)[:, :, None]
 
     def _norm(self, x):
         """RMSNorm without gain in three operations: x . x / dim + eps in one batched product
