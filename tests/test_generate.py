@@ -17,20 +17,10 @@ def model():
     return Transformer(tiny(n_kv_head=2)).eval()
 
 
-def test_cached_equals_uncached_at_every_step(model):
-    x = torch.randint(0, 67, (2, 32))
-    with torch.no_grad():
-        full = model(x)
-        cache = KVCache.for_model(model, batch_size=2)
-        stepwise = [model(x[:, :5], cache)]  # a prompt, then one token at a time
-        stepwise += [model(x[:, t : t + 1], cache) for t in range(5, 20)]
-        stepwise.append(model(x[:, 20:], cache))  # a chunk after cached tokens
-    assert (torch.cat(stepwise, dim=1) - full).abs().max().item() < 1e-5
-
-
-def test_decode_step_equals_the_model_at_every_position(model):
-    """The fast one-token step (folded norm gains and attention scale, grouped-query heads here)
-    computes what the model computes, from the first position to the last."""
+def test_cached_decoding_equals_the_model_at_every_position(model):
+    """Cached equals uncached: the fast forward of generation (folded norm gains and attention
+    scale, reordered rotary pairs, grouped-query heads here) computes what the model computes,
+    for a prompt, then one token at a time from there to the last position."""
     model = copy.deepcopy(model)
     with torch.no_grad():
         for norm in [m for m in model.modules() if isinstance(m, RMSNorm)]:
@@ -40,19 +30,19 @@ def test_decode_step_equals_the_model_at_every_position(model):
     with torch.no_grad():
         full = model(x)
         cache = KVCache.for_model(model, batch_size=2)
-        model(x[:, :3], cache)
-        stepwise = torch.stack([step(x[:, t], cache) for t in range(3, 32)], dim=1)
+        stepwise = [step(x[:, :3], cache)] + [step(x[:, t : t + 1], cache) for t in range(3, 32)]
         with pytest.raises(ValueError, match="exceeds the context"):
-            step(x[:, 0], cache)
-    assert (stepwise - full[:, 3:]).abs().max().item() < 1e-5
+            step(x[:, :1], cache)
+        cache.reset()
+        step(x[:, :1], cache)
+        with pytest.raises(ValueError, match="empty cache"):
+            step(x[:, 1:3], cache)
+    assert (torch.stack(stepwise, dim=1) - full[:, 2:]).abs().max().item() < 1e-5
 
 
 def test_positions_beyond_the_context_are_refused(model):
-    cache = KVCache.for_model(model, batch_size=1)
-    with torch.no_grad():
-        model(torch.zeros(1, 32, dtype=torch.long), cache)
-        with pytest.raises(ValueError, match="exceed the context"):
-            model(torch.zeros(1, 1, dtype=torch.long), cache)
+    with pytest.raises(ValueError, match="exceed the context"):
+        model(torch.zeros(1, 33, dtype=torch.long))
 
 
 def test_generation_continues_past_the_context(model):

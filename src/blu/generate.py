@@ -17,19 +17,19 @@ import torch.nn.functional as F
 
 from .config import DEFAULT_MAX_NEW_TOKENS, SamplingOptions
 from .errors import BluError
-from .model import apply_rope
 
 
 class KVCache:
     """Keys and values for every layer, preallocated once per call and indexed by position.
 
-    One tensor holds both, keys then values along the head axis, so a decode step whose
-    projections come out as [k heads | v heads] stores them with one copy."""
+    One tensor per layer holds both, keys then values along the head axis, so a decode step
+    whose projections come out as [k heads | v heads] stores them with one copy."""
 
     def __init__(self, n_layer, batch_size, n_kv_head, length, head_dim, device, dtype):
-        self.kv = torch.zeros((n_layer, batch_size, 2 * n_kv_head, length, head_dim), device=device, dtype=dtype)
-        self.k, self.v = self.kv[:, :, :n_kv_head], self.kv[:, :, n_kv_head:]  # views
-        self.pos = 0  # number of positions filled; the model advances it after each forward
+        kv = torch.zeros((n_layer, batch_size, 2 * n_kv_head, length, head_dim), device=device, dtype=dtype)
+        # (kv, k, v) of each layer, views made once rather than per token
+        self.layers = [(layer, layer[:, :n_kv_head], layer[:, n_kv_head:]) for layer in kv]
+        self.pos = 0  # number of positions filled; DecodeStep advances it
 
     @classmethod
     def for_model(cls, model, batch_size: int) -> "KVCache":
@@ -37,73 +37,77 @@ class KVCache:
         p = model.tok_embeddings.weight
         return cls(c.n_layer, batch_size, c.n_kv_head, c.context, c.head_dim, p.device, p.dtype)
 
-    def store(self, layer: int, k, v):
-        """Write k, v (B, n_kv_head, T, head_dim) at the current position; return all keys and values so far."""
-        end = self.pos + k.shape[2]
-        self.k[layer, :, :, self.pos : end] = k
-        self.v[layer, :, :, self.pos : end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
-
     def reset(self):
         self.pos = 0
 
 
 class DecodeStep:
-    """`model(tokens[:, None], cache)[:, -1]` for one new token per sequence, in fewer operations.
+    """`model(tokens, cache)[:, -1]` in fewer tensor operations: the forward pass of generation.
 
     Token-by-token generation on a CPU is bound by the overhead of each tensor operation,
-    not by arithmetic (BENCHMARKS.md), so this step computes the same function with fewer
-    of them: each RMSNorm gain is folded into the matrix after it, the attention scale into
-    the query rows, values get the identity rotation so that q, k and v rotate in one go
-    and k|v enter the cache in one copy, RMSNorm takes three operations and there are no
-    module calls. The folded weights are a snapshot taken when the step is built: build
-    one per generation call."""
+    not by arithmetic (BENCHMARKS.md), so this computes the same function with fewer of them:
+    each RMSNorm gain is folded into the matrix after it and the attention scale into the
+    query rows; RMSNorm takes three operations; the residual adds ride on the products
+    (`addmm`); there are no module calls. The rotary embedding is one complex product: the
+    query and key rows of each head are reordered so that the pairs it rotates together,
+    (i, i + head_dim/2), sit side by side as the real and imaginary parts of one complex
+    number, and the values are "rotated" by 1 so that q, k and v turn in one operation and
+    k|v enter the cache in one copy. The keys in the cache are therefore in this step's
+    row order (attention does not care, as queries share it): fill a cache with this step
+    only. The folded weights are a snapshot taken when the step is built: build one per
+    generation call."""
 
     @torch.no_grad()
     def __init__(self, model):
         c = model.config
         self.config = c
         self.gqa = c.n_kv_head != c.n_head
-        q_rows = c.n_head * c.head_dim
+        half, rotated = c.head_dim // 2, c.n_head + c.n_kv_head  # q and k heads; the value heads follow
+        pairs = torch.stack((torch.arange(half), torch.arange(half, c.head_dim)), dim=1).flatten()  # 0, h, 1, h+1, ...
+        rows = torch.cat([pairs + h * c.head_dim for h in range(rotated)]
+                         + [torch.arange(rotated * c.head_dim, (rotated + c.n_kv_head) * c.head_dim)])
         self.layers = []
         for block in model.layers:
             qkv = block.attention.qkv_proj.weight * block.attention_norm.weight
-            qkv[:q_rows] /= math.sqrt(c.head_dim)
+            qkv[: c.n_head * c.head_dim] /= math.sqrt(c.head_dim)
             gate_up = block.feed_forward.gate_up_proj.weight * block.ffn_norm.weight
-            self.layers.append((qkv, block.attention.o_proj.weight, gate_up, block.feed_forward.down_proj.weight))
-        self.head = model.output.weight * model.norm.weight
+            # Transposed views, (in, out), for x @ w by mm and addmm: what F.linear does, in fewer calls.
+            self.layers.append((qkv[rows].t(), block.attention.o_proj.weight.t(), gate_up.t(), block.feed_forward.down_proj.weight.t()))
+        self.head = (model.output.weight * model.norm.weight).t()
         self.embedding = model.tok_embeddings.weight
         self.eps = self.embedding.new_full((1, 1, 1), c.norm_eps)
-        rotated = c.n_head + c.n_kv_head  # q and k heads; the n_kv_head value heads follow
-        cos, sin = model.rope_cos[:, None], model.rope_sin[:, None]  # (context, 1, head_dim)
-        values = (c.context, c.n_kv_head, c.head_dim)  # the identity rotation: cos 1, sin 0
-        self.cos = torch.cat((cos.expand(-1, rotated, -1), cos.new_ones(values)), dim=1)[:, :, None]  # (context, heads, 1, head_dim)
-        self.sin = torch.cat((sin.expand(-1, rotated, -1), sin.new_zeros(values)), dim=1)[:, :, None]
+        # model.rope_cos/sin hold cos and -sin of each pair's angle in their first half
+        turn = torch.complex(model.rope_cos[:, :half], -model.rope_sin[:, :half])  # (context, half)
+        self.turn = torch.cat((turn.expand(rotated, -1, -1), turn.new_ones(c.n_kv_head, c.context, half)))  # (heads, context, half)
 
     def _norm(self, x):
         """RMSNorm without gain in three operations: x . x / dim + eps in one batched product
         (F.rms_norm takes several more, each with its fixed cost)."""
-        mean_square = torch.baddbmm(self.eps, x[:, None], x[:, :, None], alpha=1 / x.shape[-1])  # (B, 1, 1)
+        mean_square = torch.baddbmm(self.eps, x[:, None], x[:, :, None], alpha=1 / x.shape[-1])  # (N, 1, 1)
         return x * mean_square.view(-1, 1).rsqrt_()
 
     def __call__(self, tokens: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        """Logits (B, vocab) for tokens (B,) at position cache.pos, which it advances."""
+        """Logits (B, vocab) after tokens (B, T) placed at cache.pos, which it advances.
+        Several tokens at once (a prompt, a refill) go into an empty cache only."""
         c, pos = self.config, cache.pos
-        if pos >= c.context:
-            raise ValueError(f"position {pos} exceeds the context of {c.context}")
-        x = self.embedding[tokens]  # (B, dim)
-        B = x.shape[0]
-        cos, sin = self.cos[pos], self.sin[pos]
-        for i, (w_qkv, w_o, w_gate_up, w_down) in enumerate(self.layers):
-            qkv = apply_rope(F.linear(self._norm(x), w_qkv).view(B, -1, 1, c.head_dim), cos, sin)  # (B, heads, 1, head_dim)
-            cache.kv[i, :, :, pos : pos + 1] = qkv[:, c.n_head :]
-            y = F.scaled_dot_product_attention(qkv[:, : c.n_head], cache.k[i, :, :, : pos + 1], cache.v[i, :, :, : pos + 1],
-                                               scale=1.0, enable_gqa=self.gqa)  # (B, n_head, 1, head_dim)
-            x = x + F.linear(y.view(B, -1), w_o)
-            gate, up = F.linear(self._norm(x), w_gate_up).chunk(2, dim=-1)
-            x = x + F.linear(F.silu(gate) * up, w_down)
-        cache.pos += 1
-        return F.linear(self._norm(x), self.head)
+        B, T = tokens.shape
+        if pos + T > c.context:
+            raise ValueError(f"position {pos + T - 1} exceeds the context of {c.context}")
+        if T > 1 and pos > 0:
+            raise ValueError("several tokens at once go into an empty cache only")
+        x = self.embedding[tokens.reshape(-1)]  # (B*T, dim)
+        turn = self.turn[:, pos : pos + T]
+        for (w_qkv, w_o, w_gate_up, w_down), (kv, k, v) in zip(self.layers, cache.layers):
+            qkv = torch.mm(self._norm(x), w_qkv).view(B, T, -1, c.head_dim // 2, 2).transpose(1, 2)
+            qkv = torch.view_as_real(torch.view_as_complex(qkv) * turn).view(B, -1, T, c.head_dim)  # (B, heads, T, head_dim)
+            kv.narrow(2, pos, T).copy_(qkv[:, c.n_head :])
+            y = F.scaled_dot_product_attention(qkv[:, : c.n_head], k.narrow(2, 0, pos + T), v.narrow(2, 0, pos + T),
+                                               is_causal=T > 1, scale=1.0, enable_gqa=self.gqa)  # (B, n_head, T, head_dim)
+            x = torch.addmm(x, y.transpose(1, 2).reshape(B * T, -1), w_o)
+            gate, up = torch.mm(self._norm(x), w_gate_up).chunk(2, dim=-1)
+            x = torch.addmm(x, F.silu(gate) * up, w_down)
+        cache.pos += T
+        return torch.mm(self._norm(x.view(B, T, -1)[:, -1]), self.head)
 
 
 def penalize_repetition(logits, recent, penalty: float):
@@ -152,16 +156,16 @@ def decode(model, prompt: torch.Tensor, steps: int, choose, history_length: int 
     cache = KVCache.for_model(model, batch_size=prompt.shape[0])
     step = DecodeStep(model)
     history = prompt[:, -context:]
-    logits = model(history, cache)[:, -1]
+    logits = step(history, cache)
     for _ in range(steps):
         token = choose(logits, history)
         yield token
         history = torch.cat((history[:, -max(context, history_length) :], token[:, None]), dim=1)
         if cache.pos == context:
             cache.reset()
-            logits = model(history[:, -keep:], cache)[:, -1]
+            logits = step(history[:, -keep:], cache)
         else:
-            logits = step(token, cache)
+            logits = step(history[:, -1:], cache)
 
 
 def stream_tokens(model, prompt_ids: list[int], max_new_tokens: int, options: SamplingOptions, generator=None):

@@ -48,35 +48,21 @@ def fused_rows(config: ModelConfig) -> dict[str, list[int]]:
 
 
 class Attention(nn.Module):
-    def __init__(self, config: ModelConfig, layer_index: int):
+    def __init__(self, config: ModelConfig):
         super().__init__()
-        self.layer_index = layer_index
         self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
         # Queries, keys and values in one matmul: rows are [q heads | k heads | v heads].
         self.qkv_proj = nn.Linear(config.dim, (config.n_head + 2 * config.n_kv_head) * config.head_dim, bias=False)
         self.o_proj = nn.Linear(config.n_head * config.head_dim, config.dim, bias=False)
 
-    def forward(self, x, cos, sin, cache=None):
+    def forward(self, x, cos, sin):
         B, T, _ = x.shape
         n_qk = self.n_head + self.n_kv_head
         qkv = self.qkv_proj(x).view(B, T, n_qk + self.n_kv_head, self.head_dim).transpose(1, 2)
         # (B, n_head + 2 n_kv_head, T, head_dim); rotate queries and keys together
         qk = apply_rope(qkv[:, :n_qk], cos, sin)
         q, k, v = qk[:, : self.n_head], qk[:, self.n_head :], qkv[:, n_qk:]  # (B, heads, T, head_dim)
-
-        mask, is_causal = None, T > 1
-        if cache is not None:
-            start = cache.pos
-            k, v = cache.store(self.layer_index, k, v)  # (B, n_kv_head, start + T, head_dim)
-            if start > 0 and T > 1:
-                # A chunk after cached tokens: query i sees every cached key and the chunk up to i.
-                mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(diagonal=start)
-                is_causal = False
-            elif start > 0:
-                is_causal = False  # one new token attends to everything before it
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=self.n_kv_head != self.n_head
-        )  # (B, n_head, T, head_dim)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.n_kv_head != self.n_head)  # (B, n_head, T, head_dim)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
 
 
@@ -92,10 +78,10 @@ class FeedForward(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, config: ModelConfig, layer_index: int):
+    def __init__(self, config: ModelConfig):
         super().__init__()
         self.attention_norm = RMSNorm(config.dim, config.norm_eps)
-        self.attention = Attention(config, layer_index)
+        self.attention = Attention(config)
         self.ffn_norm = RMSNorm(config.dim, config.norm_eps)
         self.feed_forward = FeedForward(config)
         self.dropout = config.dropout
@@ -105,8 +91,8 @@ class Block(nn.Module):
         # call, which add up in token-by-token generation.
         return F.dropout(h, self.dropout) if self.training and self.dropout else h
 
-    def forward(self, x, cos, sin, cache=None):
-        x = x + self._drop(self.attention(self.attention_norm(x), cos, sin, cache))
+    def forward(self, x, cos, sin):
+        x = x + self._drop(self.attention(self.attention_norm(x), cos, sin))
         return x + self._drop(self.feed_forward(self.ffn_norm(x)))
 
 
@@ -116,7 +102,7 @@ class Transformer(nn.Module):
         config.validate()
         self.config = config
         self.tok_embeddings = nn.Embedding(config.vocab_size, config.dim)
-        self.layers = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
+        self.layers = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.norm = RMSNorm(config.dim, config.norm_eps)
         self.output = nn.Linear(config.dim, config.vocab_size, bias=False)
         if config.tie_embeddings:
@@ -134,19 +120,16 @@ class Transformer(nn.Module):
                 std = 0.02 / math.sqrt(2 * self.config.n_layer) if name.endswith(("o_proj.weight", "down_proj.weight")) else 0.02
                 nn.init.normal_(p, mean=0.0, std=std)
 
-    def forward(self, idx: torch.Tensor, cache=None) -> torch.Tensor:
-        """Logits (B, T, vocab_size) for token ids (B, T); with a cache, positions continue from cache.pos."""
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        """Logits (B, T, vocab_size) for token ids (B, T), each position seeing those before it.
+        Generation computes the same function token by token: generate.DecodeStep."""
         B, T = idx.shape
-        start = cache.pos if cache is not None else 0
-        if start + T > self.config.context:
-            raise ValueError(f"positions {start}..{start + T - 1} exceed the context of {self.config.context}")
-        cos = self.rope_cos[start : start + T]  # (T, head_dim), broadcast over batch and heads
-        sin = self.rope_sin[start : start + T]
+        if T > self.config.context:
+            raise ValueError(f"{T} positions exceed the context of {self.config.context}")
+        cos, sin = self.rope_cos[:T], self.rope_sin[:T]  # (T, head_dim), broadcast over batch and heads
         x = self.tok_embeddings(idx)  # (B, T, dim)
         for layer in self.layers:
-            x = layer(x, cos, sin, cache)
-        if cache is not None:
-            cache.pos += T
+            x = layer(x, cos, sin)
         return self.output(self.norm(x))
 
     def num_parameters(self) -> int:
