@@ -76,6 +76,17 @@ def test_top_p_keeps_the_smallest_set_reaching_p():
     assert drawn == {0, 1}
 
 
+@pytest.mark.parametrize("top_p, expected", [(1.0, [0.5, 0.3, 0.15, 0.05]), (0.8, [0.625, 0.375, 0, 0])])
+def test_samples_follow_the_distribution(top_p, expected):
+    """The draw (an exponential race) picks each token as often as its probability after
+    top-p renormalises the kept set; within 4 standard errors of 20,000 draws."""
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]])).expand(20_000, -1)
+    drawn = sample(logits, SamplingOptions(1.0, top_p=top_p), torch.Generator().manual_seed(0))
+    share = torch.bincount(drawn, minlength=4) / len(drawn)
+    assert torch.allclose(share, torch.tensor(expected), atol=4 * (0.25 / len(drawn)) ** 0.5)
+    assert share[torch.tensor(expected) == 0].sum() == 0
+
+
 def test_same_seed_same_text_and_unknown_prompt_characters(model):
     tokenizer = CharTokenizer([chr(ord("a") + i) for i in range(66)])
     run = TextGenerator(model, tokenizer)
