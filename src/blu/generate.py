@@ -42,7 +42,8 @@ class KVCache:
 
 
 class DecodeStep:
-    """`model(tokens, cache)[:, -1]` in fewer tensor operations: the forward pass of generation.
+    """The forward pass of generation: the model's logits after each new token, computed
+    incrementally with a KV cache and in fewer tensor operations than the module forward.
 
     Token-by-token generation on a CPU is bound by the overhead of each tensor operation,
     not by arithmetic (BENCHMARKS.md), so this computes the same function with fewer of them:

@@ -87,8 +87,7 @@ class Block(nn.Module):
         self.dropout = config.dropout
 
     def _drop(self, h):
-        # Only while training with dropout on: even a no-op nn.Dropout costs microseconds per
-        # call, which add up in token-by-token generation.
+        # Only while training with dropout on: even a no-op nn.Dropout costs a call.
         return F.dropout(h, self.dropout) if self.training and self.dropout else h
 
     def forward(self, x, cos, sin):
