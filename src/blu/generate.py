@@ -27,8 +27,10 @@ class KVCache:
 
     def __init__(self, n_layer, batch_size, n_kv_head, length, head_dim, device, dtype):
         kv = torch.zeros((n_layer, batch_size, 2 * n_kv_head, length, head_dim), device=device, dtype=dtype)
-        # (kv, k, v) of each layer, views made once rather than per token
-        self.layers = [(layer, layer[:, :n_kv_head], layer[:, n_kv_head:]) for layer in kv]
+        # Views of each layer made once rather than per token: k|v as complex numbers (pairs of
+        # adjacent values), which DecodeStep writes, then k and v, which attention reads.
+        self.layers = [(torch.view_as_complex(layer.unflatten(-1, (-1, 2))), layer[:, :n_kv_head], layer[:, n_kv_head:])
+                       for layer in kv]
         self.pos = 0  # number of positions filled; DecodeStep advances it
 
     @classmethod
@@ -49,11 +51,11 @@ class DecodeStep:
     not by arithmetic (BENCHMARKS.md), so this computes the same function with fewer of them:
     each RMSNorm gain is folded into the matrix after it and the attention scale into the
     query rows; RMSNorm takes three operations; the residual adds ride on the products
-    (`addmm`); there are no module calls. The rotary embedding is one complex product: the
+    (`addmm`); there are no module calls. The rotary embedding is a complex product: the
     query and key rows of each head are reordered so that the pairs it rotates together,
     (i, i + head_dim/2), sit side by side as the real and imaginary parts of one complex
-    number, and the values are "rotated" by 1 so that q, k and v turn in one operation and
-    k|v enter the cache in one copy. The keys in the cache are therefore in this step's
+    number, and the values are "rotated" by 1 so that k and v turn in one product whose
+    output is the cache itself. The keys in the cache are therefore in this step's
     row order (attention does not care, as queries share it): fill a cache with this step
     only. The folded weights are a snapshot taken when the step is built: build one per
     generation call."""
@@ -79,11 +81,14 @@ class DecodeStep:
         self.eps = self.embedding.new_full((1, 1, 1), c.norm_eps)
         # model.rope_cos/sin hold cos and -sin of each pair's angle in their first half
         turn = torch.complex(model.rope_cos[:, :half], -model.rope_sin[:, :half])  # (context, half)
-        self.turn = torch.cat((turn.expand(rotated, -1, -1), turn.new_ones(c.n_kv_head, c.context, half)))  # (heads, context, half)
+        self.turn_q = turn.expand(c.n_head, -1, -1)  # (n_head, context, half)
+        self.turn_kv = torch.cat((turn.expand(c.n_kv_head, -1, -1), turn.new_ones(c.n_kv_head, c.context, half)))
 
     def _norm(self, x):
         """RMSNorm without gain in three operations: x . x / dim + eps in one batched product
         (F.rms_norm takes several more, each with its fixed cost)."""
+        if x.shape[0] == 1:  # one row: x @ x.T is its (1, 1) mean square, cheaper than a batched product
+            return x * torch.addmm(self.eps.view(1, 1), x, x.t(), alpha=1 / x.shape[-1]).rsqrt_()
         mean_square = torch.baddbmm(self.eps, x[:, None], x[:, :, None], alpha=1 / x.shape[-1])  # (N, 1, 1)
         return x * mean_square.view(-1, 1).rsqrt_()
 
@@ -97,12 +102,13 @@ class DecodeStep:
         if T > 1 and pos > 0:
             raise ValueError("several tokens at once go into an empty cache only")
         x = self.embedding[tokens.reshape(-1)]  # (B*T, dim)
-        turn = self.turn[:, pos : pos + T]
+        turn_q, turn_kv = self.turn_q[:, pos : pos + T], self.turn_kv[:, pos : pos + T]
         for (w_qkv, w_o, w_gate_up, w_down), (kv, k, v) in zip(self.layers, cache.layers):
             qkv = torch.mm(self._norm(x), w_qkv).view(B, T, -1, c.head_dim // 2, 2).transpose(1, 2)
-            qkv = torch.view_as_real(torch.view_as_complex(qkv) * turn).view(B, -1, T, c.head_dim)  # (B, heads, T, head_dim)
-            kv.narrow(2, pos, T).copy_(qkv[:, c.n_head :])
-            y = F.scaled_dot_product_attention(qkv[:, : c.n_head], k.narrow(2, 0, pos + T), v.narrow(2, 0, pos + T),
+            qkv = torch.view_as_complex(qkv)  # (B, heads, T, head_dim / 2)
+            torch.mul(qkv[:, c.n_head :], turn_kv, out=kv.narrow(2, pos, T))  # k rotated and v straight into the cache
+            q = torch.view_as_real(qkv[:, : c.n_head] * turn_q).view(B, c.n_head, T, c.head_dim)
+            y = F.scaled_dot_product_attention(q, k.narrow(2, 0, pos + T), v.narrow(2, 0, pos + T),
                                                is_causal=T > 1, scale=1.0, enable_gqa=self.gqa)  # (B, n_head, T, head_dim)
             x = torch.addmm(x, y.transpose(1, 2).reshape(B * T, -1), w_o)
             gate, up = torch.mm(self._norm(x), w_gate_up).chunk(2, dim=-1)
