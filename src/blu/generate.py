@@ -55,7 +55,8 @@ class DecodeStep:
     query and key rows of each head are reordered so that the pairs it rotates together,
     (i, i + head_dim/2), sit side by side as the real and imaginary parts of one complex
     number, and the values are "rotated" by 1 so that k and v turn in one product whose
-    output is the cache itself. The keys in the cache are therefore in this step's
+    output is the cache itself. The first layer's queries, keys and values, which depend on
+    the token alone, come from a table by token id. The keys in the cache are in this step's
     row order (attention does not care, as queries share it): fill a cache with this step
     only. The folded weights are a snapshot taken when the step is built: build one per
     generation call."""
@@ -79,6 +80,11 @@ class DecodeStep:
         self.head = (model.output.weight * model.norm.weight).t()
         self.embedding = model.tok_embeddings.weight
         self.eps = self.embedding.new_full((1, 1, 1), c.norm_eps)
+        # The first layer's queries, keys and values depend on the token alone (embedding, RMSNorm,
+        # projection): look them up by token id, where that table is no larger than the matrix.
+        self.first_qkv = self.embedding.new_empty(0, 0)
+        if c.vocab_size <= c.dim:
+            self.first_qkv = torch.mm(self._norm(self.embedding), self.layers[0][0])  # (vocab, q|k|v rows)
         # model.rope_cos/sin hold cos and -sin of each pair's angle in their first half
         turn = torch.complex(model.rope_cos[:, :half], -model.rope_sin[:, :half])  # (context, half)
         self.turn_q = turn.expand(c.n_head, -1, -1)  # (n_head, context, half)
@@ -101,10 +107,12 @@ class DecodeStep:
             raise ValueError(f"position {pos + T - 1} exceeds the context of {c.context}")
         if T > 1 and pos > 0:
             raise ValueError("several tokens at once go into an empty cache only")
-        x = self.embedding[tokens.reshape(-1)]  # (B*T, dim)
+        ids = tokens.reshape(-1)
+        x = self.embedding[ids]  # (B*T, dim)
         turn_q, turn_kv = self.turn_q[:, pos : pos + T], self.turn_kv[:, pos : pos + T]
-        for (w_qkv, w_o, w_gate_up, w_down), (kv, k, v) in zip(self.layers, cache.layers):
-            qkv = torch.mm(self._norm(x), w_qkv).view(B, T, -1, c.head_dim // 2, 2).transpose(1, 2)
+        for layer, ((w_qkv, w_o, w_gate_up, w_down), (kv, k, v)) in enumerate(zip(self.layers, cache.layers)):
+            qkv = self.first_qkv[ids] if layer == 0 and self.first_qkv.numel() else torch.mm(self._norm(x), w_qkv)
+            qkv = qkv.view(B, T, -1, c.head_dim // 2, 2).transpose(1, 2)
             qkv = torch.view_as_complex(qkv)  # (B, heads, T, head_dim / 2)
             torch.mul(qkv[:, c.n_head :], turn_kv, out=kv.narrow(2, pos, T))  # k rotated and v straight into the cache
             q = torch.view_as_real(qkv[:, : c.n_head] * turn_q).view(B, c.n_head, T, c.head_dim)
