@@ -66,15 +66,18 @@ def main():
     for _ in range(args.rounds):
         for name, fn in contenders.items():
             seconds[name].append(timed(fn))
-    rows = [{"implementation": name, "tokens_per_s": n / statistics.median(s)} for name, s in seconds.items()]
-    ratio = rows[0]["tokens_per_s"] / rows[-1]["tokens_per_s"]
     for name, (batch_size, fn) in batches.items():
         fn()
-        rows.append({"implementation": name, "tokens_per_s": batch_size * n / statistics.median(timed(fn) for _ in range(args.rounds))})
+        seconds[name] = [timed(fn) / batch_size for _ in range(args.rounds)]
+    # The median is the typical speed; on a shared machine the best round is the least disturbed one.
+    rows = [{"implementation": name, "tokens_per_s": n / statistics.median(s), "best_round": n / min(s)}
+            for name, s in seconds.items()]
+    ratio = rows[0]["tokens_per_s"] / rows[2]["tokens_per_s"]
+    best_ratio = rows[0]["best_round"] / rows[2]["best_round"]
     print(f"{model.num_parameters():,} parameters, context {model.config.context}, {n} new tokens, batch 1")
     print(table(rows))
-    print(f"blu greedy / transformers greedy: {ratio:.1f}x")
-    print("wrote", save("generate_speed", {"rows": rows, "ratio": ratio, "new_tokens": n}))
+    print(f"blu greedy / transformers greedy: {ratio:.1f}x (medians), {best_ratio:.1f}x (best rounds)")
+    print("wrote", save("generate_speed", {"rows": rows, "ratio": ratio, "best_round_ratio": best_ratio, "new_tokens": n}))
 
 
 if __name__ == "__main__":
