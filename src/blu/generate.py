@@ -23,7 +23,7 @@ class KVCache:
     """Keys and values for every layer, preallocated once per call and indexed by position.
 
     One tensor per layer holds both, keys then values along the head axis, so a decode step
-    whose projections come out as [k heads | v heads] stores them with one copy."""
+    whose projections come out as [k heads | v heads] writes both in one operation."""
 
     def __init__(self, n_layer, batch_size, n_kv_head, length, head_dim, device, dtype):
         kv = torch.zeros((n_layer, batch_size, 2 * n_kv_head, length, head_dim), device=device, dtype=dtype)
@@ -76,13 +76,14 @@ class DecodeStep:
             qkv[: c.n_head * c.head_dim] /= math.sqrt(c.head_dim)
             gate_up = block.feed_forward.gate_up_proj.weight * block.ffn_norm.weight
             # Transposed views, (in, out), for x @ w by mm and addmm: what F.linear does, in fewer calls.
-            self.layers.append((qkv[rows].t(), block.attention.o_proj.weight.t(), gate_up.t(), block.feed_forward.down_proj.weight.t()))
+            self.layers.append((qkv[rows].t(), block.attention.o_proj.weight.t(),
+                                gate_up.t(), block.feed_forward.down_proj.weight.t()))
         self.head = (model.output.weight * model.norm.weight).t()
         self.embedding = model.tok_embeddings.weight
         self.eps = self.embedding.new_full((1, 1, 1), c.norm_eps)
         # The first layer's queries, keys and values depend on the token alone (embedding, RMSNorm,
         # projection): look them up by token id, where that table is no larger than the matrix.
-        self.first_qkv = self.embedding.new_empty(0, 0)
+        self.first_qkv = None
         if c.vocab_size <= c.dim:
             self.first_qkv = torch.mm(self._norm(self.embedding), self.layers[0][0])  # (vocab, q|k|v rows)
         # model.rope_cos/sin hold cos and -sin of each pair's angle in their first half
@@ -111,7 +112,10 @@ class DecodeStep:
         x = self.embedding[ids]  # (B*T, dim)
         turn_q, turn_kv = self.turn_q[:, pos : pos + T], self.turn_kv[:, pos : pos + T]
         for layer, ((w_qkv, w_o, w_gate_up, w_down), (kv, k, v)) in enumerate(zip(self.layers, cache.layers)):
-            qkv = self.first_qkv[ids] if layer == 0 and self.first_qkv.numel() else torch.mm(self._norm(x), w_qkv)
+            if layer == 0 and self.first_qkv is not None:
+                qkv = self.first_qkv[ids]
+            else:
+                qkv = torch.mm(self._norm(x), w_qkv)
             qkv = qkv.view(B, T, -1, c.head_dim // 2, 2).transpose(1, 2)
             qkv = torch.view_as_complex(qkv)  # (B, heads, T, head_dim / 2)
             torch.mul(qkv[:, c.n_head :], turn_kv, out=kv.narrow(2, pos, T))  # k rotated and v straight into the cache

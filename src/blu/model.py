@@ -62,8 +62,8 @@ class Attention(nn.Module):
         # (B, n_head + 2 n_kv_head, T, head_dim); rotate queries and keys together
         qk = apply_rope(qkv[:, :n_qk], cos, sin)
         q, k, v = qk[:, : self.n_head], qk[:, self.n_head :], qkv[:, n_qk:]  # (B, heads, T, head_dim)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.n_kv_head != self.n_head)  # (B, n_head, T, head_dim)
-        return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.n_kv_head != self.n_head)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))  # y: (B, n_head, T, head_dim)
 
 
 class FeedForward(nn.Module):
