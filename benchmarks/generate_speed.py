@@ -72,8 +72,10 @@ def main():
     # The median is the typical speed; on a shared machine the best round is the least disturbed one.
     rows = [{"implementation": name, "tokens_per_s": n / statistics.median(s), "best_round": n / min(s)}
             for name, s in seconds.items()]
-    ratio = rows[0]["tokens_per_s"] / rows[2]["tokens_per_s"]
-    best_ratio = rows[0]["best_round"] / rows[2]["best_round"]
+    blu_greedy, hf_greedy = (next(r for r in rows if r["implementation"] == name)
+                             for name in ("blu greedy", "transformers generate() greedy"))
+    ratio = blu_greedy["tokens_per_s"] / hf_greedy["tokens_per_s"]
+    best_ratio = blu_greedy["best_round"] / hf_greedy["best_round"]
     print(f"{model.num_parameters():,} parameters, context {model.config.context}, {n} new tokens, batch 1")
     print(table(rows))
     print(f"blu greedy / transformers greedy: {ratio:.1f}x (medians), {best_ratio:.1f}x (best rounds)")

@@ -16,7 +16,8 @@ def model():
 
 
 @pytest.mark.parametrize("vocab_size", [67, 40])  # 40 <= dim: the first layer's q|k|v come from a table
-def test_cached_decoding_equals_the_model_at_every_position(vocab_size):
+@pytest.mark.parametrize("batch_size", [2, 1])  # one row takes its own RMSNorm path
+def test_cached_decoding_equals_the_model_at_every_position(vocab_size, batch_size):
     """Cached equals uncached: the fast forward of generation (folded norm gains and attention
     scale, reordered rotary pairs, grouped-query heads here) computes what the model computes,
     for a prompt, then one token at a time from there to the last position."""
@@ -25,11 +26,11 @@ def test_cached_decoding_equals_the_model_at_every_position(vocab_size):
     with torch.no_grad():
         for norm in [m for m in model.modules() if isinstance(m, RMSNorm)]:
             norm.weight.uniform_(0.5, 1.5)  # trained gains, which the step folds into the matrices
-    x = torch.randint(1, vocab_size, (2, 32))
+    x = torch.randint(1, vocab_size, (batch_size, 32))
     step = DecodeStep(model)
     with torch.no_grad():
         full = model(x)
-        cache = KVCache.for_model(model, batch_size=2)
+        cache = KVCache.for_model(model, batch_size=batch_size)
         stepwise = [step(x[:, :3], cache)] + [step(x[:, t : t + 1], cache) for t in range(3, 32)]
         with pytest.raises(ValueError, match="exceeds the context"):
             step(x[:, :1], cache)

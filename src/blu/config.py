@@ -183,7 +183,7 @@ def configs_for(preset_name: str, overrides: dict, vocab_size: int, iters=None, 
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if preset.long_budget and time_s and time_s >= preset.long_budget[0]:
         overrides = {**preset.long_budget[1], **overrides}
-    if overrides.get("n_head") is not None and overrides.get("n_kv_head") is None:
+    if "n_head" in overrides and "n_kv_head" not in overrides:
         overrides = {**overrides, "n_kv_head": overrides["n_head"]}  # plain attention unless asked otherwise
     model = replace(with_overrides(preset.model, overrides), vocab_size=vocab_size)
     if iters is None and time_s is None:

@@ -107,7 +107,9 @@ def make_optimizer(model, config: TrainConfig, device: torch.device) -> torch.op
                 norms.append(p)
             elif name.startswith("layers."):
                 hidden.append(p)
-                parts[p] = rows.get(name.split(".")[-2], [p.size(0)])
+                module = name.split(".")[-2]  # e.g. qkv_proj in layers.0.attention.qkv_proj.weight
+                if module in rows:  # a fused weight: orthogonalize each of its parts
+                    parts[p] = rows[module]
             else:
                 outer.append(p)  # the embedding and the output head
         groups = [{"params": hidden, "weight_decay": config.weight_decay, "muon": True},
