@@ -13,7 +13,8 @@ from blu.checkpoint import load_run, save_config
 from blu.config import ModelConfig, TrainConfig, to_dict
 from blu.data import read_corpus, split
 from blu.tokenizer import CharTokenizer
-from blu.train import evaluate, train
+from blu.evaluate import evaluate
+from blu.train import train
 
 MODEL = dict(dim=48, n_layer=2, n_head=4, n_kv_head=2, hidden_dim=128, context=32)
 

@@ -122,7 +122,8 @@ def cmd_train(args) -> int:
     from .checkpoint import clear_run, data_source, holds_run, load_config, save_config
     from .data import load_text, sha256_of, split
     from .tokenizer import CharTokenizer
-    from .train import pick_device, train
+    from .device import pick_device
+    from .train import train
 
     device = pick_device(args.device)
     if args.iters is not None and args.iters < 1:
@@ -171,7 +172,7 @@ def cmd_train(args) -> int:
 
 def cmd_generate(args) -> int:
     from . import load
-    from .train import pick_device
+    from .device import pick_device
 
     run = load(args.run, pick_device(args.device))
     controls = dict(max_new_tokens=args.max_new_tokens, seed=args.seed, stop=args.stop, temperature=args.temperature,
@@ -237,7 +238,8 @@ def interactive(run, controls) -> int:
 def cmd_eval(args) -> int:
     from .checkpoint import data_source, load_run
     from .data import load_text, split
-    from .train import evaluate, pick_device
+    from .device import pick_device
+    from .evaluate import evaluate
 
     meta, model, tokenizer = load_run(args.run, pick_device(args.device))
     if args.data:

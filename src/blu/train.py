@@ -1,7 +1,7 @@
 """The training loop: optimizer, learning-rate schedule, budgets, evaluation,
 checkpoints and logging (metrics.jsonl, loss.png, samples.txt)."""
 
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 import io
 import json
 import math
@@ -11,7 +11,6 @@ import sys
 import threading
 import time
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
@@ -20,50 +19,13 @@ from .checkpoint import atomic_write, load_last, remove_temporaries, save_last, 
 from .config import ModelConfig, TrainConfig
 from .data import BatchSampler
 from .errors import BluError
+from .device import autocast_for
+from .evaluate import evaluate
 from .generate import TextGenerator
 from .model import Transformer
 from .optim import learning_rate, make_optimizer
 
 MAX_FAULTS_IN_A_ROW = 5  # non-finite steps tolerated in a row before training stops
-
-
-def pick_device(name: str) -> torch.device:
-    """auto = CUDA, then MPS, then CPU; an explicit device must be available."""
-    cuda, mps = torch.cuda.is_available(), torch.backends.mps.is_available()
-    if name == "auto":
-        return torch.device("cuda" if cuda else "mps" if mps else "cpu")
-    if (name == "cuda" and not cuda) or (name == "mps" and not mps):
-        raise BluError(f"--device {name} was asked for but this machine has no {name.upper()} device")
-    return torch.device(name)
-
-
-def autocast_for(device: torch.device):
-    """bf16 autocast on CUDA, where it is fast and stable; full fp32 elsewhere."""
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
-
-
-@torch.no_grad()
-def evaluate(model, tokens: np.ndarray, batch_size: int = 64) -> tuple[float, int]:
-    """Mean loss in nats per token over every token of `tokens` (after the first),
-    read as consecutive non-overlapping windows of the model's context; and the count."""
-    model.eval()
-    device = model.tok_embeddings.weight.device
-    context = model.config.context
-    n_windows = math.ceil((len(tokens) - 1) / context)
-    # Pad to whole windows with -1: padded targets are ignored, and padded inputs (read as 0)
-    # come after the last real target, so causality keeps them from touching any scored position.
-    padded = torch.full((n_windows * context + 1,), -1, dtype=torch.int64)
-    padded[: len(tokens)] = torch.from_numpy(tokens.astype(np.int64))
-    inputs = padded[:-1].clamp(min=0).view(n_windows, context)
-    targets = padded[1:].view(n_windows, context)
-    total = torch.zeros((), device=device, dtype=torch.float64)
-    for first in range(0, n_windows, batch_size):
-        x, y = inputs[first : first + batch_size], targets[first : first + batch_size]
-        with autocast_for(device):
-            logits = model(x.to(device))
-        total += F.cross_entropy(logits.float().flatten(0, 1), y.to(device).flatten(), ignore_index=-1, reduction="sum")
-    model.train()
-    return total.item() / (len(tokens) - 1), len(tokens) - 1
 
 
 def compile_for_training(model: Transformer, batch_shape, device: torch.device, log):
