@@ -26,7 +26,7 @@ from . import __version__
 from .config import ModelConfig, TrainConfig, from_dict
 from .errors import BluError
 from .model import Transformer
-from .tokenizer import CharTokenizer
+from .tokenizer import Tokenizer, tokenizer_from_json
 
 FORMAT = 1  # bump when a run folder written by this version cannot be read by an older one
 RUN_FILES = ("config.json", "tokenizer.json", "model.safetensors", "last", "metrics.jsonl", "loss.png", "samples.txt")
@@ -76,7 +76,7 @@ def clear_run(run_dir: Path) -> None:
             path.unlink()
 
 
-def save_config(run_dir: Path, meta: dict, tokenizer: CharTokenizer) -> None:
+def save_config(run_dir: Path, meta: dict, tokenizer: Tokenizer) -> None:
     meta = {"blu_version": __version__, "format": FORMAT, **meta}
     atomic_write(Path(run_dir) / "config.json", json.dumps(meta, indent=2).encode())
     atomic_write(Path(run_dir) / "tokenizer.json", tokenizer.to_json().encode())
@@ -91,7 +91,7 @@ def _read_json(path: Path) -> dict:
         raise BluError(f"{path} is unreadable or corrupt ({error})") from None
 
 
-def load_config(run_dir: Path) -> tuple[dict, ModelConfig, TrainConfig, CharTokenizer]:
+def load_config(run_dir: Path) -> tuple[dict, ModelConfig, TrainConfig, Tokenizer]:
     """config.json and tokenizer.json of a run, validated."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -103,7 +103,7 @@ def load_config(run_dir: Path) -> tuple[dict, ModelConfig, TrainConfig, CharToke
             f"in a format this blu ({__version__}) cannot read"
         )
     try:
-        tokenizer = CharTokenizer.from_json((run_dir / "tokenizer.json").read_text(encoding="utf-8"))
+        tokenizer = tokenizer_from_json((run_dir / "tokenizer.json").read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise BluError(f"{run_dir} is not a blu run folder: tokenizer.json is missing") from None
     model_config = from_dict(ModelConfig, meta.get("model"))
@@ -157,7 +157,7 @@ def load_weights(model: Transformer, path: Path) -> None:
     model.load_state_dict({k: tensors[k] for k in expected}, strict=False)
 
 
-def load_run(run_dir, device="cpu") -> tuple[dict, Transformer, CharTokenizer]:
+def load_run(run_dir, device="cpu") -> tuple[dict, Transformer, Tokenizer]:
     """The best weights of a run, ready for generation or evaluation."""
     meta, model_config, _, tokenizer = load_config(run_dir)
     model = Transformer(model_config)

@@ -1,13 +1,19 @@
-"""Character-level tokenizer: one token per Unicode character of the training text.
+"""Tokenizers: one small interface, chosen by what tokenizer.json holds.
 
-Token 0 is reserved for `<unk>`, which stands for any character the training
-text did not contain. The policy for such characters:
+Every tokenizer turns text into ids and back, encodes a whole corpus into a
+numpy array, decodes a stream of ids incrementally (a character may span
+tokens), and says which ids generation must never emit. Today blu has one kind:
+
+`char`: one token per Unicode character of the training text. Token 0 is
+reserved for `<unk>`, which stands for any character the training text did not
+contain. The policy for such characters:
 - in a prompt they are dropped (the model never learned an embedding for
   `<unk>`, so feeding it would be noise) and the caller tells the user which;
 - when evaluating another file they are kept as `<unk>` and scored, so the
   loss honestly includes the model's failure to predict them.
 """
 
+from abc import ABC, abstractmethod
 import json
 
 import numpy as np
@@ -15,9 +21,68 @@ import numpy as np
 from .errors import BluError
 
 UNK = "<unk>"
+KINDS = ("char",)
 
 
-class CharTokenizer:
+class Tokenizer(ABC):
+    """What the rest of blu may ask of a tokenizer."""
+
+    kind: str
+    vocab_size: int
+    unk_id: int | None = None  # stands for unknown text; never generated, dropped from prompts
+
+    @abstractmethod
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text`."""
+
+    @abstractmethod
+    def encode_array(self, text: str) -> tuple[np.ndarray, int]:
+        """Token ids of `text` as the smallest unsigned dtype that holds them, and how many
+        characters were unknown (scored as `unk_id`)."""
+
+    @abstractmethod
+    def decode(self, ids) -> str:
+        """The text of `ids`."""
+
+    @abstractmethod
+    def stream_decoder(self) -> "StreamDecoder":
+        """A decoder fed one id at a time that returns only whole characters."""
+
+    @abstractmethod
+    def unknown_chars(self, text: str) -> list[str]:
+        """Characters of `text` the vocabulary cannot encode (dropped from prompts)."""
+
+    @abstractmethod
+    def start_ids(self) -> list[int]:
+        """What generation starts after when the prompt is empty."""
+
+    @abstractmethod
+    def to_json(self) -> str:
+        """What tokenizer.json holds."""
+
+    @property
+    def dtype(self):
+        """The smallest unsigned integer type that holds every token id."""
+        return np.uint8 if self.vocab_size <= 256 else np.uint16 if self.vocab_size <= 65536 else np.uint32
+
+
+class StreamDecoder:
+    """Decodes ids one at a time; `feed` returns the text that is complete so far."""
+
+    def __init__(self, tokenizer: Tokenizer):
+        self.tokenizer = tokenizer
+
+    def feed(self, token: int) -> str:
+        return self.tokenizer.decode([token])
+
+    def flush(self) -> str:
+        return ""
+
+
+class CharTokenizer(Tokenizer):
+    kind = "char"
+    unk_id = 0
+
     def __init__(self, chars):
         chars = list(chars)
         if len(set(chars)) != len(chars) or any(len(c) != 1 for c in chars):
@@ -35,13 +100,7 @@ class CharTokenizer:
     def vocab_size(self) -> int:
         return len(self.chars) + 1  # + <unk>
 
-    @property
-    def dtype(self):
-        """The smallest unsigned integer type that holds every token id."""
-        return np.uint8 if self.vocab_size <= 256 else np.uint16 if self.vocab_size <= 65536 else np.uint32
-
     def encode_array(self, text: str) -> tuple[np.ndarray, int]:
-        """Token ids for `text` with unknown characters as <unk> (0), and how many there were."""
         codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
         if len(self._codepoints) == 0:
             return np.zeros(len(codes), dtype=self.dtype), len(codes)
@@ -60,15 +119,36 @@ class CharTokenizer:
     def decode(self, ids) -> str:
         return "".join(self.chars[i - 1] if 0 < i <= len(self.chars) else "" for i in ids)
 
+    def stream_decoder(self) -> StreamDecoder:
+        return StreamDecoder(self)  # every token is a whole character
+
+    def start_ids(self) -> list[int]:
+        # There is no beginning-of-text token: start after a newline, like a new paragraph.
+        return [self.stoi.get("\n", 1)]
+
     def to_json(self) -> str:
         return json.dumps({"type": "char", "unk_token": UNK, "chars": "".join(self.chars)}, ensure_ascii=False)
 
     @classmethod
-    def from_json(cls, text: str) -> "CharTokenizer":
-        try:
-            data = json.loads(text)
-            if data.get("type") != "char" or not isinstance(data.get("chars"), str):
-                raise ValueError("not a blu char tokenizer")
-        except (ValueError, AttributeError) as error:
-            raise BluError(f"tokenizer.json is not a valid blu tokenizer ({error})") from None
+    def from_json(cls, data: dict) -> "CharTokenizer":
+        if not isinstance(data.get("chars"), str):
+            raise BluError("tokenizer.json is not a valid blu tokenizer (its chars are missing)")
         return cls(data["chars"])
+
+
+def build_tokenizer(kind: str, text: str) -> Tokenizer:
+    """A new tokenizer of `kind` whose vocabulary comes from the training text."""
+    if kind == "char":
+        return CharTokenizer.from_text(text)
+    raise BluError(f"tokenizer must be one of {', '.join(KINDS)}, got {kind!r}")
+
+
+def tokenizer_from_json(text: str) -> Tokenizer:
+    """The tokenizer a tokenizer.json holds, by its type."""
+    try:
+        data = json.loads(text)
+    except ValueError as error:
+        raise BluError(f"tokenizer.json is not valid JSON ({error})") from None
+    if not isinstance(data, dict) or data.get("type") not in KINDS:
+        raise BluError("tokenizer.json is not a blu tokenizer this version can read")
+    return CharTokenizer.from_json(data)
