@@ -6,7 +6,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .device import autocast_for
+from .decode import DecodeBatch, Decoder
+from .device import autocast_for, device_of
+from .errors import BluError
 
 
 @torch.no_grad()
@@ -14,7 +16,7 @@ def evaluate(model, tokens: np.ndarray, batch_size: int = 64) -> tuple[float, in
     """Mean loss in nats per token over every token of `tokens` (after the first),
     read as consecutive non-overlapping windows of the model's context; and the count."""
     model.eval()
-    device = model.tok_embeddings.weight.device
+    device = device_of(model)
     context = model.config.context
     n_windows = math.ceil((len(tokens) - 1) / context)
     # Pad to whole windows with -1: padded targets are ignored, and padded inputs (read as 0)
@@ -33,3 +35,44 @@ def evaluate(model, tokens: np.ndarray, batch_size: int = 64) -> tuple[float, in
     return total.item() / (len(tokens) - 1), len(tokens) - 1
 
 
+@torch.inference_mode()
+def stream_losses(model, tokens: torch.Tensor) -> torch.Tensor:
+    """Teacher forcing through the generation loop: the loss (B, L-1) of each token of
+    `tokens` (B, L) given everything before it, as generation would have computed it."""
+    batch = DecodeBatch(Decoder(model), capacity=tokens.shape[0])
+    logits = batch.add(tokens[:, :1])
+    losses = []
+    for t in range(1, tokens.shape[1]):
+        losses.append(F.cross_entropy(logits.float(), tokens[:, t], reduction="none"))
+        if t + 1 < tokens.shape[1]:
+            logits = batch.step(tokens[:, t])
+    return torch.stack(losses, dim=1)
+
+
+def position_buckets(context: int, span: int) -> list[tuple[int, int]]:
+    """[from, to) ranges of stream position: the two halves of the context, then doublings to span x context."""
+    half = max(1, context // 2)
+    buckets, start = [(1, half), (half, context)], context
+    while start < span * context:
+        buckets.append((start, min(2 * start, span * context)))
+        start *= 2
+    return buckets
+
+
+def stream_eval(model, tokens, span: int = 8, batch_size: int = 64) -> list[dict]:
+    """Mean loss by position bucket over consecutive segments of `span` contexts of `tokens`
+    (a 1-D numpy array), computed through the generation loop: does text stay as good past the context?"""
+    length = span * model.config.context + 1
+    n_segments = len(tokens) // length
+    if n_segments == 0:
+        raise BluError(f"stream evaluation needs at least {length} tokens, the text has {len(tokens)}")
+    data = torch.from_numpy(tokens[: n_segments * length].astype("int64")).view(n_segments, length)
+    losses = torch.cat([stream_losses(model, data[i : i + batch_size].to(device_of(model))).cpu()
+                        for i in range(0, n_segments, batch_size)])  # (segments, length - 1); column t predicts token t + 1
+    rows = []
+    for start, end in position_buckets(model.config.context, span):
+        piece = losses[:, start - 1 : end - 1]
+        # The standard error tells a real difference between buckets from the variety of the text in them.
+        rows.append({"from": start, "to": end, "loss": piece.mean().item(), "tokens": piece.numel(),
+                     "stderr": (piece.var() / piece.numel()).sqrt().item()})
+    return rows

@@ -24,14 +24,19 @@ class RMSNorm(nn.Module):
         return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
 
 
+def rope_angles(config: ModelConfig) -> torch.Tensor:
+    """The rotary angle of each position and frequency: (context, head_dim/2), position x base^(-2i/head_dim)."""
+    inv_freq = 1.0 / config.rope_theta ** (torch.arange(0, config.head_dim, 2, dtype=torch.float32) / config.head_dim)
+    return torch.outer(torch.arange(config.context, dtype=torch.float32), inv_freq)
+
+
 def rope_table(config: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and signed sin for positions 0..context-1, each (context, head_dim).
 
     Hugging Face's layout pairs dimension i with i + head_dim/2 and rotates with
     rotate_half(x) = cat(-x2, x1). Since roll(x, head_dim/2) = cat(x2, x1), we
     fold the sign into the sin table: rotate_half(x) * sin = roll(x) * cat(-sin, sin)."""
-    inv_freq = 1.0 / config.rope_theta ** (torch.arange(0, config.head_dim, 2, dtype=torch.float32) / config.head_dim)
-    angles = torch.outer(torch.arange(config.context, dtype=torch.float32), inv_freq)  # (context, head_dim/2)
+    angles = rope_angles(config)
     return torch.cat((angles.cos(), angles.cos()), dim=-1), torch.cat((-angles.sin(), angles.sin()), dim=-1)
 
 
@@ -86,9 +91,15 @@ class Block(nn.Module):
         self.feed_forward = FeedForward(config)
         self.dropout = config.dropout
 
+    generator = None  # where dropout masks come from (None: the global generator); training sets its own
+
     def _drop(self, h):
-        # Only while training with dropout on: even a no-op nn.Dropout costs a call.
-        return F.dropout(h, self.dropout) if self.training and self.dropout else h
+        # Only while training with dropout on: even a no-op mask costs a call. The mask is drawn
+        # here rather than by F.dropout, which takes no generator: with one, a resumed run can
+        # draw the masks it would have drawn had it never stopped.
+        if not (self.training and self.dropout):
+            return h
+        return h * torch.empty_like(h).bernoulli_(1 - self.dropout, generator=self.generator).div_(1 - self.dropout)
 
     def forward(self, x, cos, sin):
         x = x + self._drop(self.attention(self.attention_norm(x), cos, sin))
@@ -111,17 +122,18 @@ class Transformer(nn.Module):
         self.register_buffer("rope_sin", sin, persistent=False)
         self.reset_parameters()
 
-    def reset_parameters(self):
+    def reset_parameters(self, generator: torch.Generator | None = None):
         # GPT-2 initialisation: residual output projections shrink with depth
         # so the residual stream keeps unit scale at the start of training.
+        # Draws from `generator` (None: the global one), in named_parameters order.
         for name, p in self.named_parameters():
             if p.dim() == 2:
                 std = 0.02 / math.sqrt(2 * self.config.n_layer) if name.endswith(("o_proj.weight", "down_proj.weight")) else 0.02
-                nn.init.normal_(p, mean=0.0, std=std)
+                nn.init.normal_(p, mean=0.0, std=std, generator=generator)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         """Logits (B, T, vocab_size) for token ids (B, T), each position seeing those before it.
-        Generation computes the same function token by token: generate.DecodeStep."""
+        Generation computes the same function token by token: decode.Decoder."""
         B, T = idx.shape
         if T > self.config.context:
             raise ValueError(f"{T} positions exceed the context of {self.config.context}")

@@ -130,7 +130,7 @@ class CharTokenizer(Tokenizer):
         return json.dumps({"type": "char", "unk_token": UNK, "chars": "".join(self.chars)}, ensure_ascii=False)
 
     @classmethod
-    def from_json(cls, data: dict) -> "CharTokenizer":
+    def from_dict(cls, data: dict) -> "CharTokenizer":
         if not isinstance(data.get("chars"), str):
             raise BluError("tokenizer.json is not a valid blu tokenizer (its chars are missing)")
         return cls(data["chars"])
@@ -151,4 +151,4 @@ def tokenizer_from_json(text: str) -> Tokenizer:
         raise BluError(f"tokenizer.json is not valid JSON ({error})") from None
     if not isinstance(data, dict) or data.get("type") not in KINDS:
         raise BluError("tokenizer.json is not a blu tokenizer this version can read")
-    return CharTokenizer.from_json(data)
+    return CharTokenizer.from_dict(data)
