@@ -12,8 +12,8 @@ __version__ = "0.1.0"
 def load(run_dir, device: str = "cpu"):
     """The best model of a run folder, as a `blu.generate.TextGenerator`
     (`.generate(prompt, ...)`, `.model`, `.tokenizer`)."""
-    from .checkpoint import load_run
     from .generate import TextGenerator
+    from .runs import load_run
 
     meta, model, tokenizer = load_run(run_dir, device)
     return TextGenerator(model, tokenizer, meta)

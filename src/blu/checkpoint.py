@@ -1,12 +1,13 @@
-"""Run folders: reading and writing them, atomically, as safetensors and JSON.
+"""The files of a run folder: reading and writing them, atomically, as safetensors and JSON.
 
-    config.json        model and training configuration, data source, blu version
-    tokenizer.json     the vocabulary
+    config.json        model and training configuration, data source, blu version (its
+                       fields are defined in runs.py)
+    tokenizer.json     the tokenizer
     model.safetensors  best weights so far (by validation loss)
     last/state.safetensors
                        the latest full state for --resume: weights, optimizer
-                       moments and RNG states as tensors, with step, tokens,
-                       elapsed time and best loss as JSON in the file's metadata
+                       moments and RNG states as tensors, with the training state
+                       (train.TrainState) as JSON in the file's metadata
                        (one file, so a single atomic rename keeps it consistent)
     metrics.jsonl, loss.png, samples.txt
 
@@ -22,13 +23,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_bytes
 import torch
 
-from . import __version__
-from .config import ModelConfig, TrainConfig, from_dict
 from .errors import BluError
 from .model import Transformer
-from .tokenizer import Tokenizer, tokenizer_from_json
 
-FORMAT = 1  # bump when a run folder written by this version cannot be read by an older one
 RUN_FILES = ("config.json", "tokenizer.json", "model.safetensors", "last", "metrics.jsonl", "loss.png", "samples.txt")
 
 
@@ -60,10 +57,6 @@ def remove_temporaries(run_dir: Path) -> None:
             tmp.unlink()
 
 
-def holds_run(run_dir: Path) -> bool:
-    return (Path(run_dir) / "config.json").exists()
-
-
 def clear_run(run_dir: Path) -> None:
     """Remove the files of a previous run (for --force), leaving anything else in the folder."""
     for name in RUN_FILES:
@@ -76,49 +69,18 @@ def clear_run(run_dir: Path) -> None:
             path.unlink()
 
 
-def save_config(run_dir: Path, meta: dict, tokenizer: Tokenizer) -> None:
-    meta = {"blu_version": __version__, "format": FORMAT, **meta}
-    atomic_write(Path(run_dir) / "config.json", json.dumps(meta, indent=2).encode())
-    atomic_write(Path(run_dir) / "tokenizer.json", tokenizer.to_json().encode())
+def write_json(path: Path, data) -> None:
+    atomic_write(path, json.dumps(data, indent=2).encode())
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path):
+    """The JSON of a run-folder file, or a one-line BluError saying why it cannot be read."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise BluError(f"{path.parent} is not a blu run folder: {path.name} is missing") from None
     except (ValueError, OSError) as error:
         raise BluError(f"{path} is unreadable or corrupt ({error})") from None
-
-
-def load_config(run_dir: Path) -> tuple[dict, ModelConfig, TrainConfig, Tokenizer]:
-    """config.json and tokenizer.json of a run, validated."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise BluError(f"{run_dir}: no such run folder")
-    meta = _read_json(run_dir / "config.json")
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise BluError(
-            f"{run_dir} was written by blu {meta.get('blu_version', '?') if isinstance(meta, dict) else '?'} "
-            f"in a format this blu ({__version__}) cannot read"
-        )
-    try:
-        tokenizer = tokenizer_from_json((run_dir / "tokenizer.json").read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise BluError(f"{run_dir} is not a blu run folder: tokenizer.json is missing") from None
-    model_config = from_dict(ModelConfig, meta.get("model"))
-    model_config.validate()
-    if model_config.vocab_size != tokenizer.vocab_size:
-        raise BluError(f"{run_dir}: config.json and tokenizer.json disagree on the vocabulary size")
-    return meta, model_config, from_dict(TrainConfig, meta.get("train")), tokenizer
-
-
-def data_source(meta: dict) -> tuple[str | None, str]:
-    """The training file of a run (None = tiny Shakespeare) and its SHA-256, from config.json."""
-    data = meta.get("data")
-    if not isinstance(data, dict) or not isinstance(data.get("sha256"), str) or not isinstance(data.get("path"), (str, type(None))):
-        raise BluError("config.json does not say which text the run was trained on (its data section is missing or damaged)")
-    return data["path"], data["sha256"]
 
 
 def model_tensors(model: Transformer, prefix: str = "") -> dict:
@@ -155,14 +117,6 @@ def load_weights(model: Transformer, path: Path) -> None:
     expected = {k: v.shape for k, v in model_tensors(model).items()}
     tensors, _ = _read_tensors(path, expected)
     model.load_state_dict({k: tensors[k] for k in expected}, strict=False)
-
-
-def load_run(run_dir, device="cpu") -> tuple[dict, Transformer, Tokenizer]:
-    """The best weights of a run, ready for generation or evaluation."""
-    meta, model_config, _, tokenizer = load_config(run_dir)
-    model = Transformer(model_config)
-    load_weights(model, Path(run_dir) / "model.safetensors")
-    return meta, model.to(device).eval(), tokenizer
 
 
 def _optimizer_names(optimizer, model) -> list[str]:

@@ -4,15 +4,12 @@ Problems the user can fix print one line on stderr and exit with code 2.
 Generated text is the only thing written to stdout."""
 
 import argparse
-from dataclasses import replace
 import json
 import math
-from pathlib import Path
 import sys
 
 from . import __version__
-from .config import (DEFAULT_MAX_NEW_TOKENS, PRESETS, ModelConfig, SamplingOptions, TrainConfig, configs_for, knobs,
-                     parse_duration, to_dict)
+from .config import DEFAULT_MAX_NEW_TOKENS, PRESETS, ModelConfig, SamplingOptions, TrainConfig, knobs, parse_duration
 from .errors import BluError
 
 SEED_PROMPTS = ("ROMEO: ", "HAMLET: To be, or not to be,", "Once upon a time", "The king")
@@ -28,7 +25,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Show defaults, except where there is none or the help already says it."""
 
     def _get_help_string(self, action):
-        if action.default in (None, False) or "default" in (action.help or ""):
+        if action.default is None or action.default is False or "default" in (action.help or ""):
             return action.help
         return super()._get_help_string(action)
 
@@ -59,6 +56,13 @@ def _add_config_flags(parser, cls, section):
                                metavar=None if f.metadata["choices"] else "N", help=f"{f.metadata['help']} ({per_preset})")
 
 
+def _add_option_flags(parser, cls):
+    """A flag for each knob of `cls`, whose default is the dataclass's."""
+    for f in knobs(cls):
+        parser.add_argument("--" + f.name.replace("_", "-"), type=f.type, default=f.default,
+                            choices=f.metadata["choices"], help=f.metadata["help"])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="blu", description="Train a small Llama-style language model on a text file and generate from it.")
     parser.add_argument("--version", action="version", version=f"blu {__version__}")
@@ -83,16 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--run", required=True, help="run folder")
     gen.add_argument("--prompt", help="text to continue (default: the original Blu's four sample prompts)")
     gen.add_argument("-i", "--interactive", action="store_true", help="read prompts line by line from stdin")
-    sampling = SamplingOptions()
-    gen.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
-    gen.add_argument("--temperature", type=float, default=sampling.temperature, help="0 = greedy")
-    gen.add_argument("--top-k", type=int, default=sampling.top_k, help="keep the k likeliest tokens (0 = off)")
-    gen.add_argument("--top-p", type=float, default=sampling.top_p, help="nucleus sampling mass (1 = off)")
-    gen.add_argument("--min-p", type=float, default=sampling.min_p, help="drop tokens below this fraction of the likeliest (0 = off)")
-    gen.add_argument("--repetition-penalty", type=float, default=sampling.repetition_penalty,
-                     help="> 1 discourages recent tokens (1 = off)")
-    gen.add_argument("--repetition-window", type=int, default=sampling.repetition_window,
-                     help="how many recent tokens the penalty looks at")
+    gen.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS, help="how many tokens to generate")
+    _add_option_flags(gen, SamplingOptions)
     gen.add_argument("--stop", action="append", default=[], metavar="TEXT",
                      help="stop before this text (repeatable; the stop text is not printed)")
     gen.add_argument("--num-samples", type=int, default=1, help="continuations per prompt, generated as one batch")
@@ -119,55 +115,28 @@ def say(message: str) -> None:
 
 
 def cmd_train(args) -> int:
-    from .checkpoint import clear_run, data_source, holds_run, load_config, save_config
-    from .data import load_text, sha256_of, split
-    from .tokenizer import CharTokenizer
     from .device import pick_device
+    from .runs import create_run, resume_run
     from .train import train
 
     device = pick_device(args.device)
-    if args.iters is not None and args.iters < 1:
-        raise BluError(f"--iters must be at least 1, got {args.iters}")
+    overrides = {"seed": args.seed, **{f.name: getattr(args, f.name) for f in knobs(ModelConfig) + knobs(TrainConfig)}}
+    settings = dict(data=args.data, preset=args.preset, overrides=overrides, force=args.force)
     if args.resume:
-        if not args.out:
-            raise BluError("--resume needs --out, the run folder to continue")
-        fixed = ["data", "preset", "seed"] + [f.name for f in knobs(ModelConfig) + knobs(TrainConfig)]
-        given = [name for name in fixed if getattr(args, name) is not None]
-        if given or args.force:
-            flags = ", ".join("--" + name.replace("_", "-") for name in given + (["force"] if args.force else []))
-            raise BluError(f"--resume continues the run as it was configured; only --iters and --time may change (not {flags})")
-        out = Path(args.out)
-        meta, model_config, train_config, tokenizer = load_config(out)
-        if args.iters is not None or args.time is not None:  # a new budget replaces the saved one
-            train_config = replace(train_config, iters=args.iters or 0, time_s=args.time or 0.0)
-        text, path = load_text(*data_source(meta))
+        run = resume_run(args.out, args.iters, args.time, **settings)  # refuses the settings the user gave
     else:
-        text, path = load_text(args.data)
-        out = Path(args.out or Path("runs") / path.stem)
-        if holds_run(out) and not args.force:
-            raise BluError(f"{out} already holds a run: add --resume to continue it, --force to replace it, or choose another --out")
-        preset_name = args.preset or ("gpu" if device.type == "cuda" else "cpu")
-        tokenizer = CharTokenizer.from_text(text)
-        model_config, train_config = configs_for(preset_name, vars(args), tokenizer.vocab_size, args.iters, args.time)
-        if args.force:
-            clear_run(out)
-        meta = {"preset": preset_name, "model": to_dict(model_config), "train": to_dict(train_config),
-                "data": {"path": str(path.resolve()) if args.data else None, "sha256": sha256_of(text.encode("utf-8")),
-                         "chars": len(text)}}
-    train_config.validate()
-    tokens, _ = tokenizer.encode_array(text)
-    train_tokens, val_tokens = split(tokens, model_config.context, str(path))
-    if not args.resume:
-        save_config(out, meta, tokenizer)
+        run = create_run(args.out, iters=args.iters, time_s=args.time, device=device, **settings)
+    model_config, train_config = run.model_config, run.train_config
     n_params = model_config.num_parameters()
     budget_text = " and ".join(filter(None, [f"{train_config.iters} steps" if train_config.iters else "",
                                              f"{train_config.time_s:g} s" if train_config.time_s else ""]))
-    say(f"blu {__version__}: {meta.get('preset', 'custom')} preset, {n_params / 1e6:.2f}M parameters, vocabulary {tokenizer.vocab_size}, "
-        f"{len(train_tokens):,} train / {len(val_tokens):,} validation tokens, {device.type}, budget {budget_text}, run folder {out}")
-    state = train(out, model_config, train_config, tokenizer, train_tokens, val_tokens, device, resume=args.resume)
-    say(f"best val_loss {state['best_val_loss']:.4f} nats/char ({state['best_val_loss'] / math.log(2):.3f} bpc) "
-        f"after {state['step']} steps, {state['elapsed_s']:.0f} s; try: blu generate --run {out}")
-    return 130 if state["interrupted"] else 0
+    say(f"blu {__version__}: {run.meta.get('preset', 'custom')} preset, {n_params / 1e6:.2f}M parameters, "
+        f"vocabulary {run.tokenizer.vocab_size}, {len(run.train_tokens):,} train / {len(run.val_tokens):,} validation tokens, "
+        f"{device.type}, budget {budget_text}, run folder {run.folder}")
+    state, interrupted = train(run, device)
+    say(f"best val_loss {state.best_val_loss:.4f} nats/char ({state.best_val_loss / math.log(2):.3f} bpc) "
+        f"after {state.step} steps, {state.elapsed_s:.0f} s; try: blu generate --run {run.folder}")
+    return 130 if interrupted else 0
 
 
 def cmd_generate(args) -> int:
@@ -175,9 +144,8 @@ def cmd_generate(args) -> int:
     from .device import pick_device
 
     run = load(args.run, pick_device(args.device))
-    controls = dict(max_new_tokens=args.max_new_tokens, seed=args.seed, stop=args.stop, temperature=args.temperature,
-                    top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
-                    repetition_penalty=args.repetition_penalty, repetition_window=args.repetition_window)
+    controls = dict(max_new_tokens=args.max_new_tokens, seed=args.seed, stop=args.stop,
+                    **{f.name: getattr(args, f.name) for f in knobs(SamplingOptions)})
     run.generate("", **controls)  # checks every value (and generates nothing until iterated)
     if args.num_samples < 1:
         raise BluError(f"--num-samples must be at least 1, got {args.num_samples}")
@@ -236,25 +204,18 @@ def interactive(run, controls) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .checkpoint import data_source, load_run
-    from .data import load_text, split
     from .device import pick_device
-    from .evaluate import evaluate
+    from .evaluate import evaluate, stream_eval
+    from .runs import file_tokens, load_run, validation_tokens
 
     meta, model, tokenizer = load_run(args.run, pick_device(args.device))
     if args.data:
-        text, _ = load_text(args.data)
-        tokens, n_unknown = tokenizer.encode_array(text)
+        tokens, n_unknown = file_tokens(args.data, tokenizer)
         if n_unknown:
             say(f"blu: {n_unknown} characters of {args.data} are not in the vocabulary; they are scored as <unk>")
-        if len(tokens) < 2:
-            raise BluError(f"{args.data} is too short to score: it needs at least 2 characters")
     else:
-        text, path = load_text(*data_source(meta))
-        _, tokens = split(tokenizer.encode_array(text)[0], model.config.context, str(path))
+        tokens = validation_tokens(meta, tokenizer, model.config.context)
     if args.stream:
-        from .generate import stream_eval
-
         buckets = stream_eval(model, tokens)
         if args.json:
             print(json.dumps({"context": model.config.context, "buckets": buckets}))

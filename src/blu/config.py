@@ -22,7 +22,8 @@ class ModelConfig:
     dim: int = _knob(256, "width of the residual stream")
     n_layer: int = _knob(4, "number of transformer blocks")
     n_head: int = _knob(8, "number of query heads")
-    n_kv_head: int = _knob(8, "key/value heads: fewer than n_head is grouped-query attention; follows --n-head if only that is given")
+    n_kv_head: int = _knob(8, "key/value heads: fewer than n_head is grouped-query attention; "
+                              "follows --n-head if only that is given")
     hidden_dim: int = _knob(512, "SwiGLU hidden width")
     context: int = _knob(64, "training context length in tokens")
     rope_theta: float = _knob(10000.0, "RoPE base frequency")
@@ -143,12 +144,14 @@ DEFAULT_MAX_NEW_TOKENS = 500
 class SamplingOptions:
     """How `blu generate` and `TextGenerator.generate` pick each next token."""
 
-    temperature: float = 0.8  # 0 = greedy
-    top_k: int = 0  # keep the k likeliest tokens; 0 = off
-    top_p: float = 0.9  # keep the smallest set whose probability reaches p; 1 = off (0.9 as in the original Blu)
-    min_p: float = 0.0  # drop tokens less likely than min_p times the likeliest; 0 = off
-    repetition_penalty: float = 1.0  # > 1 discourages tokens seen in the last repetition_window; 1 = off
-    repetition_window: int = 64
+    temperature: float = _knob(0.8, "divides the logits: 0 = greedy, higher = more random")
+    top_k: int = _knob(0, "keep the k likeliest tokens (0 = off)")
+    top_p: float = _knob(0.9, "keep the smallest set of tokens whose probability reaches p, in (0, 1] (1 = off; "
+                              "0.9 as in the original Blu)")
+    min_p: float = _knob(0.0, "drop tokens less likely than this fraction of the likeliest, in [0, 1) (0 = off)")
+    repetition_penalty: float = _knob(1.0, "> 1 discourages the tokens seen in the last repetition-window: their "
+                                           "positive logits are divided by it, as in transformers (1 = off)")
+    repetition_window: int = _knob(64, "how many recent tokens the repetition penalty looks at")
 
     def validate(self):
         if not (self.temperature >= 0 and math.isfinite(self.temperature)):

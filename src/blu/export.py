@@ -12,9 +12,10 @@ import re
 
 from safetensors.torch import save as safetensors_bytes
 
-from .checkpoint import atomic_write, load_run, model_tensors
+from .checkpoint import atomic_write, model_tensors
 from .errors import BluError
 from .model import fused_rows
+from .runs import load_run
 from .tokenizer import UNK
 
 # blu name -> transformers name(s); {i} is the layer index. Fused blu weights
@@ -80,7 +81,9 @@ def hf_config(config) -> dict:
 
 
 def hf_tokenizer(tokenizer) -> dict:
-    """tokenizer.json in the format of the `tokenizers` library."""
+    """tokenizer.json in the format of the `tokenizers` library, for a char tokenizer."""
+    if tokenizer.kind != "char":
+        raise BluError(f"export to Hugging Face does not know {tokenizer.kind} tokenizers yet")
     vocab = {UNK: 0, **{c: i for c, i in tokenizer.stoi.items()}}
     unk = {"id": 0, "content": UNK, "single_word": False, "lstrip": False, "rstrip": False,
            "normalized": False, "special": True}

@@ -1,36 +1,88 @@
-"""The training loop: optimizer, learning-rate schedule, budgets, evaluation,
-checkpoints and logging (metrics.jsonl, loss.png, samples.txt)."""
+"""The training loop: steps, budgets, faults, evaluations and saves, and the saved training state.
+
+Every random draw of a step comes from a generator that a resumed run gets back: the model's
+initial weights from one seeded with the run's seed, the batches from the sampler's generator
+(saved in last/state.safetensors), the dropout masks from one seeded from the seed and the step.
+So a resumed --iters run ends bit-identical to one that never stopped."""
 
 from contextlib import contextmanager
-import io
-import json
+from dataclasses import asdict, dataclass, fields
+import hashlib
 import math
 from pathlib import Path
 import signal
 import sys
 import threading
 import time
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .checkpoint import atomic_write, load_last, remove_temporaries, save_last, save_model
-from .config import ModelConfig, TrainConfig
+from .checkpoint import load_last, remove_temporaries, save_last, save_model
+from .config import ModelConfig
 from .data import BatchSampler
-from .errors import BluError
 from .device import autocast_for
+from .errors import BluError
 from .evaluate import evaluate
 from .generate import TextGenerator
+from .metrics import MetricsLog
 from .model import Transformer
 from .optim import learning_rate, make_optimizer
+from .runs import Run
 
 MAX_FAULTS_IN_A_ROW = 5  # non-finite steps tolerated in a row before training stops
 
 
+@dataclass
+class TrainState:
+    """How far a run has got: saved as JSON beside the weights in last/state.safetensors."""
+
+    step: int = 0  # optimizer steps taken
+    tokens: int = 0  # training tokens consumed
+    elapsed_s: float = 0.0  # wall-clock seconds of training and evaluation (compiling included)
+    best_val_loss: float | None = None  # the best validation loss so far: that of model.safetensors
+    skipped_steps: int = 0  # updates skipped for a non-finite loss or gradient
+
+    @classmethod
+    def from_saved(cls, saved, path) -> "TrainState":
+        """The state saved in `path`. Fields it lacks keep their defaults; other keys (older blu
+        versions also saved loop variables, evaluated_step and faults_in_a_row) are ignored."""
+        if not isinstance(saved, dict):
+            raise BluError(f"{path} has no readable training state in its metadata")
+        values = {f.name: saved[f.name] for f in fields(cls) if f.name in saved}
+        for f in fields(cls):
+            value = values.get(f.name, f.default)
+            allowed = int if f.type is int else (int, float, type(None)) if f.default is None else (int, float)
+            if not isinstance(value, allowed) or isinstance(value, bool):
+                raise BluError(f"{path}: the saved training state has a bad {f.name} ({value!r})")
+        return cls(**values)
+
+
+class TrainResult(NamedTuple):
+    state: TrainState
+    interrupted: bool  # stopped by Ctrl-C or SIGTERM (and saved) before the budget was spent
+
+
+def new_model(config: ModelConfig, seed: int) -> Transformer:
+    """A model whose initial weights depend on `seed` alone, drawn from a generator of its own."""
+    model = Transformer(config)
+    model.reset_parameters(torch.Generator().manual_seed(seed))
+    return model
+
+
+def dropout_seed(seed: int, step: int) -> int:
+    """The seed of the dropout masks of a step: from the run's seed and the step alone, so a
+    resumed run draws the masks it would have drawn, on any device, with nothing more to save."""
+    return int.from_bytes(hashlib.sha256(f"dropout {seed} {step}".encode()).digest()[:8], "little")
+
+
 def compile_for_training(model: Transformer, batch_shape, device: torch.device, log):
     """torch.compile(model), compiled now on a dummy batch so that a machine where inductor
-    cannot work (no C++ compiler, say) is found out at once and trains without it, with a note."""
+    cannot work (no C++ compiler, say) is found out at once and trains without it, with a note.
+    With dropout, each mask is drawn outside the compiled graph (a graph break: the compiler
+    cannot draw from an explicit generator), so compiled and eager training draw the same masks."""
     fast = torch.compile(model)
     try:
         with autocast_for(device):
@@ -40,56 +92,6 @@ def compile_for_training(model: Transformer, batch_shape, device: torch.device, 
         fast = model
     model.zero_grad(set_to_none=True)
     return fast
-
-
-class MetricsLog:
-    """metrics.jsonl (one JSON object per line, appended) and the loss.png drawn from it."""
-
-    def __init__(self, run_dir: Path):
-        self.path = Path(run_dir) / "metrics.jsonl"
-        self.plot_path = Path(run_dir) / "loss.png"
-
-    def write(self, row: dict) -> None:
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
-
-    def rows(self) -> list[dict]:
-        if not self.path.exists():
-            return []
-        rows = []
-        with open(self.path, encoding="utf-8") as f:
-            for line in f:
-                try:
-                    rows.append(json.loads(line))
-                except ValueError:
-                    pass  # a line cut short by a kill
-        return rows
-
-    def truncate_after(self, step: int) -> None:
-        kept = [r for r in self.rows() if r.get("step", 0) <= step]
-        atomic_write(self.path, "".join(json.dumps(r) + "\n" for r in kept).encode())
-
-    def plot(self) -> None:
-        import matplotlib
-
-        matplotlib.use("Agg")  # no display needed
-        import matplotlib.pyplot as plt
-
-        rows = self.rows()
-        fig, ax = plt.subplots(figsize=(7, 4))
-        for key, label in (("train_loss", "train"), ("val_loss", "validation")):
-            points = [(r["step"], r[key]) for r in rows if key in r]
-            if points:
-                ax.plot(*zip(*points), label=label, marker="o" if key == "val_loss" else None)
-        ax.set_xlabel("step")
-        ax.set_ylabel("loss (nats per token)")
-        ax.legend()
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        png = io.BytesIO()
-        fig.savefig(png, format="png", dpi=100)
-        plt.close(fig)
-        atomic_write(self.plot_path, png.getvalue())
 
 
 class StopRequest:
@@ -117,120 +119,170 @@ class StopRequest:
                 signal.signal(sig, handler)
 
 
-def train(run_dir, model_config: ModelConfig, config: TrainConfig, tokenizer, train_tokens, val_tokens,
-          device: torch.device, resume: bool = False, log=None) -> dict:
-    """Train until the step or time budget is spent (or Ctrl-C); return the final state.
+class Trainer:
+    """A run being trained: its model, optimizer, batches and state, and the parts of a step
+    and of an evaluation as methods. `train` runs the loop."""
 
-    The step budget is `config.iters`, the time budget `config.time_s` (wall clock,
-    evaluations included); with both, whichever ends first."""
-    log = log or (lambda message: tqdm.write(message, file=sys.stderr))
-    run_dir = Path(run_dir)
-    torch.manual_seed(config.seed)
-    model = Transformer(model_config).to(device)
-    optimizer = make_optimizer(model, config, device)
-    sampler = BatchSampler(train_tokens, config.batch_size, model_config.context, config.seed)
-    state = {"step": 0, "tokens": 0, "elapsed_s": 0.0, "best_val_loss": None, "skipped_steps": 0, "faults_in_a_row": 0}
-    metrics = MetricsLog(run_dir)
-    if resume:
-        remove_temporaries(run_dir)
-        if (run_dir / "last" / "state.safetensors").exists():
-            state = {**state, **load_last(run_dir, model, optimizer, {"batches": sampler.generator}), "faults_in_a_row": 0}
-            log(f"resuming {run_dir} at step {state['step']}")
+    def __init__(self, run: Run, device: torch.device, log):
+        self.run, self.config, self.folder, self.device, self.log = run, run.train_config, Path(run.folder), device, log
+        self.model = new_model(run.model_config, self.config.seed).to(device)
+        self.optimizer = make_optimizer(self.model, self.config, device)
+        self.batches = BatchSampler(run.train_tokens, self.config.batch_size, run.model_config.context, self.config.seed)
+        self.generators = {"batches": self.batches.generator}  # saved in last/ and restored
+        self.dropout = torch.Generator(device) if run.model_config.dropout else None
+        for block in self.model.layers:
+            block.generator = self.dropout
+        self.metrics = MetricsLog(self.folder)
+        self.state = TrainState()
+
+    def restore(self) -> bool:
+        """Go on from the state saved in last/, if a previous start saved one (True then)."""
+        remove_temporaries(self.folder)
+        path = self.folder / "last" / "state.safetensors"
+        saved = path.exists()
+        if saved:
+            self.state = TrainState.from_saved(load_last(self.folder, self.model, self.optimizer, self.generators), path)
+            self.log(f"resuming {self.folder} at step {self.state.step}")
         else:
-            log(f"{run_dir} was stopped before its first save: starting it from step 0")
-        metrics.truncate_after(state["step"])  # rows a killed process logged after its last save
-    tokens_per_step = config.batch_size * config.grad_accum * model_config.context
+            self.log(f"{self.folder} was stopped before its first save: starting it from step 0")
+        self.metrics.truncate_after(self.state.step)  # rows a killed process logged after its last save
+        return saved
 
-    def check_faults(faulty: bool) -> None:
-        if not faulty:
-            state["faults_in_a_row"] = 0
-            return
-        state["skipped_steps"] += 1
-        state["faults_in_a_row"] += 1
-        metrics.write({"step": state["step"], "tokens": state["tokens"], "elapsed_s": round(state["elapsed_s"], 3),
-                       "skipped": "non-finite loss or gradient", "skipped_steps": state["skipped_steps"]})
-        log(f"step {state['step'] + 1}: non-finite loss or gradient, update skipped ({state['skipped_steps']} so far)")
-
-    def progress() -> float:
+    def progress(self) -> float:
+        """The spent fraction of the budget: of the steps, of the time, or the larger of the two."""
         fractions = []
-        if config.iters:
-            fractions.append(state["step"] / config.iters)
-        if config.time_s:
-            fractions.append(state["elapsed_s"] / config.time_s)
+        if self.config.iters:
+            fractions.append(self.state.step / self.config.iters)
+        if self.config.time_s:
+            fractions.append(self.state.elapsed_s / self.config.time_s)
         return max(fractions)
 
-    def evaluate_and_save() -> None:
-        if state.get("evaluated_step") == state["step"]:
-            return  # e.g. Ctrl-C right after an evaluation
-        state["evaluated_step"] = state["step"]
-        val_loss, _ = evaluate(model, val_tokens, config.eval_batch_size)
-        row = {"step": state["step"], "tokens": state["tokens"], "elapsed_s": round(state["elapsed_s"], 3),
-               "val_loss": val_loss, "val_bpc": val_loss / math.log(2)}
-        metrics.write(row)
-        best = state["best_val_loss"]
-        if best is None or val_loss < best:
-            state["best_val_loss"] = val_loss
-            save_model(run_dir / "model.safetensors", model)
-        text = "".join(TextGenerator(model, tokenizer).generate("\n", config.sample_chars, seed=config.seed))
-        with open(run_dir / "samples.txt", "a", encoding="utf-8") as f:
-            f.write(f"--- step {state['step']}, val_loss {val_loss:.4f} ---\n{text}\n\n")
-        model.train()
-        save_last(run_dir, model, optimizer, {"batches": sampler.generator}, state)
-        metrics.plot()
-        log(f"step {state['step']}: val_loss {val_loss:.4f} (val_bpc {row['val_bpc']:.3f}), {state['elapsed_s']:.0f}s")
+    def step(self, forward) -> tuple[torch.Tensor, float] | None:
+        """One optimizer step of `grad_accum` micro-steps through `forward` (the model, compiled
+        or not): the summed loss and the learning rate, or None when the loss or the gradient was
+        not finite, in which case nothing is updated."""
+        lr = learning_rate(self.config, self.state.step, self.progress())
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        if self.dropout is not None:
+            self.dropout.manual_seed(dropout_seed(self.config.seed, self.state.step))
+        loss_sum = torch.zeros((), device=self.device)
+        for _ in range(self.config.grad_accum):
+            x, y = self.batches.next()
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            with autocast_for(self.device):
+                logits = forward(x)
+            loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+            (loss / self.config.grad_accum).backward()
+            loss_sum += loss.detach()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        # One host sync per step: a NaN or inf must never reach the weights or the optimizer moments.
+        if not bool(torch.isfinite(grad_norm) & torch.isfinite(loss_sum)):
+            self.optimizer.zero_grad(set_to_none=True)
+            return None
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state.step += 1
+        self.state.tokens += self.config.batch_size * self.config.grad_accum * self.run.model_config.context
+        return loss_sum, lr
 
+    def note_skipped_step(self) -> None:
+        s = self.state
+        s.skipped_steps += 1
+        self.metrics.write({"step": s.step, "tokens": s.tokens, "elapsed_s": round(s.elapsed_s, 3),
+                            "skipped": "non-finite loss or gradient", "skipped_steps": s.skipped_steps})
+        self.log(f"step {s.step + 1}: non-finite loss or gradient, update skipped ({s.skipped_steps} so far)")
+
+    def evaluate_and_save(self) -> None:
+        """Everything done at each evaluation: measure, keep the best, sample, save, plot."""
+        val_loss = self.evaluate_and_log()
+        self.keep_best(val_loss)
+        self.write_sample(val_loss)
+        self.checkpoint()
+        self.metrics.plot()
+        self.log(f"step {self.state.step}: val_loss {val_loss:.4f} (val_bpc {val_loss / math.log(2):.3f}), "
+                 f"{self.state.elapsed_s:.0f}s")
+
+    def evaluate_and_log(self) -> float:
+        """The loss over the whole validation split, written to metrics.jsonl."""
+        val_loss, _ = evaluate(self.model, self.run.val_tokens, self.config.eval_batch_size)
+        s = self.state
+        self.metrics.write({"step": s.step, "tokens": s.tokens, "elapsed_s": round(s.elapsed_s, 3),
+                            "val_loss": val_loss, "val_bpc": val_loss / math.log(2)})
+        return val_loss
+
+    def keep_best(self, val_loss: float) -> None:
+        """model.safetensors holds the weights with the best validation loss so far."""
+        if self.state.best_val_loss is None or val_loss < self.state.best_val_loss:
+            self.state.best_val_loss = val_loss
+            save_model(self.folder / "model.safetensors", self.model)
+
+    def write_sample(self, val_loss: float) -> None:
+        """A sample of the current model, appended to samples.txt (same seed each time)."""
+        pieces = TextGenerator(self.model, self.run.tokenizer).generate("\n", self.config.sample_chars, seed=self.config.seed)
+        text = "".join(pieces)
+        with open(self.folder / "samples.txt", "a", encoding="utf-8") as f:
+            f.write(f"--- step {self.state.step}, val_loss {val_loss:.4f} ---\n{text}\n\n")
+        self.model.train()
+
+    def checkpoint(self) -> None:
+        """last/state.safetensors: everything --resume needs to go on exactly."""
+        save_last(self.folder, self.model, self.optimizer, self.generators, asdict(self.state))
+
+
+def train(run: Run, device: torch.device, log=None) -> TrainResult:
+    """Train `run` (from runs.create_run or runs.resume_run) until its step or time budget is
+    spent, or Ctrl-C; return the final state and whether it was interrupted.
+
+    The step budget is `iters`, the time budget `time_s` (wall clock, evaluations included);
+    with both, whichever ends first. There is an evaluation every `eval_every` steps and at the end."""
+    log = log or (lambda message: tqdm.write(message, file=sys.stderr))
+    config = run.train_config
+    trainer = Trainer(run, device, log)
+    # A saved state is always written by an evaluation, so the step it holds has had its own.
+    evaluated_step = trainer.state.step if run.resumed and trainer.restore() else None
+    state = trainer.state
     by_steps = bool(config.iters) and not config.time_s  # otherwise the bar counts seconds
     bar_total = config.iters if by_steps else round(config.time_s)
     bar = tqdm(total=bar_total, unit="step" if by_steps else "s", file=sys.stderr, dynamic_ncols=True, disable=None)
-    started = time.perf_counter() - state["elapsed_s"]  # compiling counts against a --time budget
-    # Training runs through `forward` (compiled or not); evaluation, sampling and saving use `model`.
-    forward = compile_for_training(model, (config.batch_size, model_config.context), device, log) if config.compile else model
-    last_log = (time.perf_counter(), state["tokens"])
-    model.train()
+    started = time.perf_counter() - state.elapsed_s  # compiling counts against a --time budget
+    # Training runs through `forward` (compiled or not); evaluation, sampling and saving use the model.
+    forward = trainer.model
+    if config.compile:
+        forward = compile_for_training(trainer.model, (config.batch_size, run.model_config.context), device, log)
+    last_log = (time.perf_counter(), state.tokens)
+    faults_in_a_row = 0
+    trainer.model.train()
     stop = StopRequest()
     with stop.installed():
-        while progress() < 1 and not stop.requested and state["faults_in_a_row"] < MAX_FAULTS_IN_A_ROW:
-            lr = learning_rate(config, state["step"], progress())
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            loss_sum = torch.zeros((), device=device)
-            for _ in range(config.grad_accum):
-                x, y = sampler.next()
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                with autocast_for(device):
-                    logits = forward(x)
-                loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
-                (loss / config.grad_accum).backward()
-                loss_sum += loss.detach()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            # One host sync per step: a NaN or inf must never reach the weights or the optimizer moments.
-            if not bool(torch.isfinite(grad_norm) & torch.isfinite(loss_sum)):
-                optimizer.zero_grad(set_to_none=True)
-                check_faults(faulty=True)
+        while trainer.progress() < 1 and not stop.requested and faults_in_a_row < MAX_FAULTS_IN_A_ROW:
+            done = trainer.step(forward)
+            if done is None:
+                faults_in_a_row += 1
+                trainer.note_skipped_step()
                 continue
-            check_faults(faulty=False)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            state["step"] += 1
-            state["tokens"] += tokens_per_step
-            state["elapsed_s"] = time.perf_counter() - started
-            bar.n = state["step"] if by_steps else min(round(state["elapsed_s"]), bar_total)
-            if state["step"] % config.log_every == 0:
+            faults_in_a_row = 0
+            loss_sum, lr = done
+            state.elapsed_s = time.perf_counter() - started
+            bar.n = state.step if by_steps else min(round(state.elapsed_s), bar_total)
+            if state.step % config.log_every == 0:
                 train_loss = loss_sum.item() / config.grad_accum  # the only host sync, once per log_every steps
                 now = time.perf_counter()
-                tokens_per_s = (state["tokens"] - last_log[1]) / (now - last_log[0])
-                last_log = (now, state["tokens"])
-                metrics.write({"step": state["step"], "tokens": state["tokens"],
-                               "elapsed_s": round(state["elapsed_s"], 3), "train_loss": train_loss, "lr": lr})
-                bar.set_postfix(step=state["step"], loss=f"{train_loss:.3f}", tok_s=f"{tokens_per_s:,.0f}", refresh=False)
+                tokens_per_s = (state.tokens - last_log[1]) / (now - last_log[0])
+                last_log = (now, state.tokens)
+                trainer.metrics.write({"step": state.step, "tokens": state.tokens,
+                                       "elapsed_s": round(state.elapsed_s, 3), "train_loss": train_loss, "lr": lr})
+                bar.set_postfix(step=state.step, loss=f"{train_loss:.3f}", tok_s=f"{tokens_per_s:,.0f}", refresh=False)
                 bar.refresh()
-            if state["step"] % config.eval_every == 0 and progress() < 1:
-                evaluate_and_save()
+            if state.step % config.eval_every == 0 and trainer.progress() < 1:
+                trainer.evaluate_and_save()
+                evaluated_step = state.step
         bar.close()
-        evaluate_and_save()
-    if state["faults_in_a_row"] >= MAX_FAULTS_IN_A_ROW:
+        if evaluated_step != state.step:  # not already done, e.g. by Ctrl-C during an evaluation
+            trainer.evaluate_and_save()
+    if faults_in_a_row >= MAX_FAULTS_IN_A_ROW:
         raise BluError(f"training diverged: {MAX_FAULTS_IN_A_ROW} steps in a row had a non-finite loss or gradient; "
-                       f"the last good state is saved in {run_dir}; try a lower --lr")
+                       f"the last good state is saved in {run.folder}; try a lower --lr")
     if stop.requested:
-        log(f"stopped at step {state['step']} and saved; continue with: blu train --out {run_dir} --resume")
-    return {**state, "interrupted": stop.requested}
+        log(f"stopped at step {state.step} and saved; continue with: blu train --out {run.folder} --resume")
+    return TrainResult(state, stop.requested)

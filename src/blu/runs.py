@@ -1,0 +1,175 @@
+"""Runs: creating one from a text, a preset and overrides; resuming one with a new budget;
+loading one to generate or evaluate. This module defines what config.json holds:
+
+    blu_version  the blu that created the run
+    format       FORMAT: a run folder of another format is refused
+    preset       the preset the configuration started from
+    model        the ModelConfig fields
+    train        the TrainConfig fields (with the budget it was created with: a resume given a new
+                 one uses it without writing it here)
+    data         path: the training file, absolute (null: tiny Shakespeare from the cache);
+                 sha256: of its text, so that a changed file is refused; chars: its length
+
+tokenizer.json beside it holds the tokenizer (see tokenizer.py). The files themselves are
+read and written by checkpoint.py."""
+
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import __version__
+from .checkpoint import atomic_write, clear_run, load_weights, read_json, write_json
+from .config import PRESETS, ModelConfig, TrainConfig, configs_for, from_dict, to_dict
+from .data import load_text, sha256_of, split
+from .device import pick_device
+from .errors import BluError
+from .model import Transformer
+from .tokenizer import Tokenizer, build_tokenizer, tokenizer_from_json
+
+FORMAT = 1  # bump when a run folder written by this version cannot be read by an older one
+
+
+@dataclass
+class Run:
+    """A run folder ready to train: its configuration and the tokens of its text."""
+
+    folder: Path
+    meta: dict  # what config.json holds
+    model_config: ModelConfig
+    train_config: TrainConfig
+    tokenizer: Tokenizer
+    train_tokens: np.ndarray
+    val_tokens: np.ndarray
+    resumed: bool = False  # go on from the state saved in last/ (from step 0 if there is none)
+
+
+def holds_run(folder) -> bool:
+    return (Path(folder) / "config.json").exists()
+
+
+def create_run(out=None, data=None, preset: str | None = None, overrides: dict | None = None,
+               iters: int | None = None, time_s: float | None = None, force: bool = False, device=None) -> Run:
+    """A new run in `out` (default runs/<name of the data file>) on the text file `data` (None:
+    tiny Shakespeare): the configuration of `preset` (default: gpu on CUDA, cpu otherwise, by
+    `device`, default this machine's) with `overrides` (ModelConfig and TrainConfig field names;
+    None keeps the preset's value) and the budget `iters` steps or `time_s` seconds (neither: the
+    preset's steps). A folder that holds a run is refused unless `force`, which replaces it.
+    Writes config.json and tokenizer.json; nothing is written if anything is wrong."""
+    _check_budget(iters, time_s)
+    overrides = overrides or {}
+    settable = {f.name for f in fields(ModelConfig) + fields(TrainConfig)} - {"vocab_size", "iters", "time_s"}
+    if unknown := sorted(set(overrides) - settable):
+        raise BluError(f"unknown settings: {', '.join(unknown)} (the budget is given as iters or time_s)")
+    text, path = load_text(data)
+    folder = Path(out or Path("runs") / path.stem)
+    if holds_run(folder) and not force:
+        raise BluError(f"{folder} already holds a run: add --resume to continue it, --force to replace it, "
+                       "or choose another --out")
+    if preset is None:
+        preset = "gpu" if (torch.device(device) if device else pick_device("auto")).type == "cuda" else "cpu"
+    if preset not in PRESETS:
+        raise BluError(f"preset must be one of {', '.join(sorted(PRESETS))}, got {preset!r}")
+    tokenizer = build_tokenizer("char", text)
+    model_config, train_config = configs_for(preset, overrides, tokenizer.vocab_size, iters, time_s)
+    train_tokens, val_tokens = _split(text, tokenizer, model_config.context, path)
+    meta = {"blu_version": __version__, "format": FORMAT, "preset": preset,
+            "model": to_dict(model_config), "train": to_dict(train_config),
+            "data": {"path": str(path.resolve()) if data else None, "sha256": sha256_of(text.encode("utf-8")),
+                     "chars": len(text)}}
+    if force:
+        clear_run(folder)
+    write_json(folder / "config.json", meta)
+    atomic_write(folder / "tokenizer.json", tokenizer.to_json().encode())
+    return Run(folder, meta, model_config, train_config, tokenizer, train_tokens, val_tokens)
+
+
+def resume_run(out, iters: int | None = None, time_s: float | None = None, data=None, preset: str | None = None,
+               overrides: dict | None = None, force: bool = False) -> Run:
+    """The run in `out`, to go on from its last saved state with the data and configuration it
+    was created with. `iters` and `time_s`, when either is given, replace its budget (a new total,
+    not more on top). Nothing else may change: `data`, `preset`, `overrides` (values other than
+    None) and `force`, which `create_run` takes, are refused here (the command line passes them on
+    as the user gave them, so that the error names each)."""
+    _check_budget(iters, time_s)
+    if not out:
+        raise BluError("--resume needs --out, the run folder to continue")
+    given = [name for name, value in {"data": data, "preset": preset, **(overrides or {})}.items() if value is not None]
+    if given or force:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given + (["force"] if force else []))
+        raise BluError(f"--resume continues the run as it was configured; only --iters and --time may change (not {flags})")
+    folder = Path(out)
+    meta, model_config, train_config, tokenizer = load_config(folder)
+    if iters is not None or time_s is not None:  # a new budget replaces the saved one
+        train_config = replace(train_config, iters=iters or 0, time_s=time_s or 0.0)
+    train_config.validate()
+    text, path = _training_text(meta)
+    train_tokens, val_tokens = _split(text, tokenizer, model_config.context, path)
+    return Run(folder, meta, model_config, train_config, tokenizer, train_tokens, val_tokens, resumed=True)
+
+
+def load_config(folder) -> tuple[dict, ModelConfig, TrainConfig, Tokenizer]:
+    """config.json (as read, and its two configurations) and the tokenizer of a run, checked."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise BluError(f"{folder}: no such run folder")
+    meta = read_json(folder / "config.json")
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise BluError(
+            f"{folder} was written by blu {meta.get('blu_version', '?') if isinstance(meta, dict) else '?'} "
+            f"in a format this blu ({__version__}) cannot read"
+        )
+    try:
+        tokenizer = tokenizer_from_json((folder / "tokenizer.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BluError(f"{folder} is not a blu run folder: tokenizer.json is missing") from None
+    model_config = from_dict(ModelConfig, meta.get("model"))
+    model_config.validate()
+    if model_config.vocab_size != tokenizer.vocab_size:
+        raise BluError(f"{folder}: config.json and tokenizer.json disagree on the vocabulary size")
+    return meta, model_config, from_dict(TrainConfig, meta.get("train")), tokenizer
+
+
+def load_run(folder, device="cpu") -> tuple[dict, Transformer, Tokenizer]:
+    """config.json, the best weights (in eval mode, on `device`) and the tokenizer of a run."""
+    meta, model_config, _, tokenizer = load_config(folder)
+    model = Transformer(model_config)
+    load_weights(model, Path(folder) / "model.safetensors")
+    return meta, model.to(device).eval(), tokenizer
+
+
+def validation_tokens(meta: dict, tokenizer: Tokenizer, context: int) -> np.ndarray:
+    """The validation split of the text a run was trained on (`meta`: its config.json)."""
+    text, path = _training_text(meta)
+    return _split(text, tokenizer, context, path)[1]
+
+
+def file_tokens(path, tokenizer: Tokenizer) -> tuple[np.ndarray, int]:
+    """The tokens of another text file, to score it, and how many of its characters the
+    vocabulary lacks (they are scored as unknown)."""
+    text, _ = load_text(path)
+    tokens, n_unknown = tokenizer.encode_array(text)
+    if len(tokens) < 2:
+        raise BluError(f"{path} is too short to score: it needs at least 2 characters")
+    return tokens, n_unknown
+
+
+def _check_budget(iters, time_s) -> None:
+    if iters is not None and iters < 1:
+        raise BluError(f"--iters must be at least 1, got {iters}")
+    if time_s is not None and not time_s > 0:
+        raise BluError(f"duration must be positive, got {time_s!r}")
+
+
+def _training_text(meta: dict) -> tuple[str, Path]:
+    """The text a run was trained on, refused if it changed since."""
+    data = meta.get("data")
+    if not (isinstance(data, dict) and isinstance(data.get("sha256"), str) and isinstance(data.get("path"), (str, type(None)))):
+        raise BluError("config.json does not say which text the run was trained on (its data section is missing or damaged)")
+    return load_text(data["path"], data["sha256"])
+
+
+def _split(text: str, tokenizer: Tokenizer, context: int, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    tokens, _ = tokenizer.encode_array(text)
+    return split(tokens, context, str(path))
