@@ -13,15 +13,14 @@ from dataclasses import replace
 import statistics
 import time
 
+from common import save, table
 import torch
 
 import blu
-from blu.config import PRESETS
+from blu.config import PRESETS, SamplingOptions
 from blu.export import to_transformers
-from blu.config import SamplingOptions
 from blu.generate import decode, sampler, stream_tokens
 from blu.model import Transformer
-from common import save, table
 
 
 def timed(fn) -> float:
@@ -57,7 +56,8 @@ def main():
         choose = sampler(SamplingOptions(0.8, 0, 0.9), torch.Generator().manual_seed(0))
         return lambda: sum(1 for _ in decode(model, prompts, n, choose))
 
-    contenders = {"blu greedy": blu_run(SamplingOptions(0.0)), "blu sampling (T 0.8, top-p 0.9)": blu_run(SamplingOptions(0.8, 0, 0.9)),
+    contenders = {"blu greedy": blu_run(SamplingOptions(0.0)),
+                  "blu sampling (T 0.8, top-p 0.9)": blu_run(SamplingOptions(0.8, 0, 0.9)),
                   "transformers generate() greedy": hf_run}
     batches = {f"blu sampling, batch {b} (--num-samples {b})": (b, batch_run(b)) for b in args.batch_sizes}
     for fn in contenders.values():

@@ -11,10 +11,11 @@ loss by position through the generation path (`blu eval --stream`).
 import argparse
 import re
 
+from common import save, table
+
 import blu
 from blu.data import load_text, split
-from blu.generate import stream_eval
-from common import save, table
+from blu.evaluate import stream_eval
 
 WORD = re.compile(r"[A-Za-z']+")
 

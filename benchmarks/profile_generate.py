@@ -11,14 +11,13 @@ import argparse
 from dataclasses import replace
 import time
 
+from common import save
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from blu.config import PRESETS
-from blu.config import SamplingOptions
+from blu.config import PRESETS, SamplingOptions
 from blu.generate import stream_tokens
 from blu.model import Transformer
-from common import save
 
 
 def main():

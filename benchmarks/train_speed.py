@@ -13,6 +13,7 @@ from dataclasses import replace
 import statistics
 import time
 
+from common import save, table
 import torch
 import torch.nn.functional as F
 from torch.profiler import profile
@@ -21,7 +22,6 @@ import transformers
 from blu.config import PRESETS
 from blu.export import hf_config
 from blu.model import Transformer
-from common import save, table
 
 
 def steps_per_s(model, forward, batches, lr):
@@ -54,7 +54,8 @@ def where_time_goes(model, forward, batches, lr, tokens: int, config) -> dict:
     print(f"matrix products: {mm_share:.0%} of the profiled step; fp32 product ({tokens} x {config.dim}) @ "
           f"({config.dim} x {config.hidden_dim}): {gflops:.0f} GFLOP/s")
     return {"mm_share": mm_share, "linear_gflops": gflops,
-            "top_ops": [{"op": e.key, "share": e.self_cpu_time_total / total, "calls_per_step": e.count / len(batches)} for e in ops[:10]]}
+            "top_ops": [{"op": e.key, "share": e.self_cpu_time_total / total, "calls_per_step": e.count / len(batches)}
+                        for e in ops[:10]]}
 
 
 def main():
@@ -78,7 +79,8 @@ def main():
     }
     if args.compile:
         compiled = Transformer(config)
-        models["blu, torch.compile"] = (compiled, lambda m, x, fast=torch.compile(compiled): fast(x))
+        fast = torch.compile(compiled)
+        models["blu, torch.compile"] = (compiled, lambda m, x: fast(x))
     for model, forward in models.values():  # warm up allocators and kernels (and compile)
         steps_per_s(model, forward, batches[:3], preset.train.lr)
     rates = {name: [] for name in models}

@@ -38,3 +38,55 @@ def small_corpus(tmp_path, shakespeare) -> Path:
     path = tmp_path / "small.txt"
     path.write_text(shakespeare.read_text(encoding="utf-8")[:60_000], encoding="utf-8")
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """A function making a tiny ModelConfig (vocabulary 67, dim 64, 2 layers, context 32), with changes."""
+    from blu.config import ModelConfig
+
+    def make(**change) -> ModelConfig:
+        base = dict(vocab_size=67, dim=64, n_layer=2, n_head=4, n_kv_head=4, hidden_dim=96, context=32)
+        return ModelConfig(**{**base, **change})
+
+    return make
+
+
+@pytest.fixture
+def cli(capfd):
+    """A function running `blu ARGS...` in this process as a user would: (exit code, stdout, stderr)."""
+    from blu.cli import main
+
+    def run(*args):
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as exit:  # argparse's own errors
+            code = exit.code
+        out, err = capfd.readouterr()
+        return code, out, err
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def tiny_flags() -> list[str]:
+    """`blu train` flags for a model that trains in seconds."""
+    return ["--dim", "32", "--n-layer", "2", "--n-head", "4", "--hidden-dim", "64", "--context", "64",
+            "--batch-size", "8", "--eval-every", "10", "--lr", "3e-3"]
+
+
+@pytest.fixture(scope="session")
+def make_run():
+    """A function creating a small run in `folder` on `corpus` with blu.runs.create_run, as `blu
+    train` does: the cpu preset with a tiny model, 60 steps, frequent evaluations and logs, and
+    `changes` on top (ModelConfig or TrainConfig fields; iters and time_s set the budget)."""
+    from blu.runs import create_run
+
+    def make(folder, corpus, **changes):
+        settings = {**dict(dim=48, n_layer=2, n_head=4, n_kv_head=2, hidden_dim=128, context=32, batch_size=16, lr=3e-3,
+                           warmup_iters=10, eval_every=20, log_every=5, sample_chars=20), **changes}
+        time_s = settings.pop("time_s", None)
+        iters = settings.pop("iters", None if time_s else 60)
+        return create_run(folder, corpus, preset="cpu", overrides=settings, iters=iters, time_s=time_s, device="cpu")
+
+    return make

@@ -3,28 +3,21 @@
 import pytest
 import torch
 
-from blu.checkpoint import load_run, save_config
-from blu.config import ModelConfig, TrainConfig
-from blu.data import read_corpus, split
-from blu.generate import TextGenerator, position_buckets, stream_eval, stream_losses
-from blu.tokenizer import CharTokenizer
+from blu.evaluate import position_buckets, stream_eval, stream_losses
+from blu.generate import TextGenerator
+from blu.runs import create_run, load_run
 from blu.train import train
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, shakespeare):
-    run = tmp_path_factory.mktemp("run")
-    text = read_corpus(shakespeare)
-    tokenizer = CharTokenizer.from_text(text)
-    model_config = ModelConfig(vocab_size=tokenizer.vocab_size, dim=64, n_layer=2, n_head=4, n_kv_head=4,
-                               hidden_dim=192, context=32)
-    config = TrainConfig(batch_size=32, lr=4e-3, warmup_iters=20, eval_every=1000, iters=250, sample_chars=0)
-    train_tokens, val_tokens = split(tokenizer.encode_array(text)[0], model_config.context)
-    save_config(run, {"model": model_config.__dict__, "train": config.__dict__, "data": {}}, tokenizer)
-    torch.manual_seed(0)
-    state = train(run, model_config, config, tokenizer, train_tokens, val_tokens, torch.device("cpu"), log=lambda m: None)
-    assert state["best_val_loss"] < 2.4
-    _, model, _ = load_run(run)
+    run = create_run(tmp_path_factory.mktemp("run"), shakespeare, preset="cpu", iters=250, device="cpu",
+                     overrides=dict(dim=64, n_layer=2, n_head=4, n_kv_head=4, hidden_dim=192, context=32,
+                                    batch_size=32, lr=4e-3, warmup_iters=20, eval_every=1000, sample_chars=0))
+    state, _ = train(run, torch.device("cpu"), log=lambda m: None)
+    assert state.best_val_loss < 2.4
+    _, model, tokenizer = load_run(run.folder)
+    val_tokens = run.val_tokens
     return model, tokenizer, val_tokens
 
 

@@ -11,17 +11,12 @@ from blu.export import to_transformers
 from blu.model import Transformer
 
 
-def tiny(**change) -> ModelConfig:
-    base = dict(vocab_size=67, dim=64, n_layer=2, n_head=4, n_kv_head=4, hidden_dim=96, context=32)
-    return ModelConfig(**{**base, **change})
-
-
 def test_seed_preset_is_the_original_blu():
     config = ModelConfig(**{**PRESETS["seed"].model.__dict__, "vocab_size": 66})  # 65 characters + <unk>
     assert Transformer(config).num_parameters() == 2_657_536  # the original's 2.66M
 
 
-def test_causality():
+def test_causality(tiny):
     torch.manual_seed(0)
     model = Transformer(tiny()).eval()
     x = torch.randint(0, 67, (2, 20))
@@ -33,7 +28,7 @@ def test_causality():
     assert not torch.allclose(a[:, 12:], b[:, 12:], atol=1e-3)
 
 
-def test_dropout_acts_in_training_only():
+def test_dropout_acts_in_training_only(tiny):
     torch.manual_seed(0)
     plain, dropping = Transformer(tiny()), Transformer(tiny(dropout=0.3))
     dropping.load_state_dict(plain.state_dict())
@@ -43,7 +38,7 @@ def test_dropout_acts_in_training_only():
         torch.testing.assert_close(dropping.eval()(x), plain.eval()(x))
 
 
-def test_initial_loss_is_about_ln_vocab():
+def test_initial_loss_is_about_ln_vocab(tiny):
     torch.manual_seed(0)
     model = Transformer(tiny(vocab_size=65))
     x = torch.randint(0, 65, (8, 32))
@@ -51,7 +46,7 @@ def test_initial_loss_is_about_ln_vocab():
     assert abs(loss.item() - math.log(65)) < 0.1
 
 
-def test_overfits_one_batch():
+def test_overfits_one_batch(tiny):
     torch.manual_seed(0)
     model = Transformer(tiny())
     x = torch.randint(0, 67, (4, 32))
@@ -67,13 +62,13 @@ def test_overfits_one_batch():
 
 @pytest.mark.parametrize("n_kv_head", [4, 2, 1])
 @pytest.mark.parametrize("tie", [False, True])
-def test_logits_match_transformers(n_kv_head, tie):
+def test_logits_match_transformers(n_kv_head, tie, tiny):
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
     config = tiny(n_kv_head=n_kv_head, tie_embeddings=tie, rope_theta=500.0)
     model = Transformer(config).eval()
     with torch.no_grad():  # random norm scales, so a mistake in RMSNorm cannot hide behind ones
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             if p.dim() == 1:
                 p.uniform_(0.5, 1.5)
     hf = to_transformers(model)

@@ -9,43 +9,48 @@ import subprocess
 import sys
 import time
 
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import pytest
+from safetensors.torch import load_file
 import torch
 
 from blu import data
-from blu.checkpoint import atomic_write, load_run
-from blu.config import parse_duration
+from blu.checkpoint import atomic_write
+from blu.config import SamplingOptions, parse_duration
 from blu.errors import BluError
-from blu.config import SamplingOptions
-from blu.generate import sample
+from blu.model import Transformer
+from blu.runs import load_run
+from blu.sampling import sample
 from blu.tokenizer import CharTokenizer
-import blu.train
-from test_train import prepare
+from blu.train import train
 
 
-def test_non_finite_steps_are_skipped_then_training_stops(tmp_path, small_corpus, monkeypatch):
-    real = blu.train.F.cross_entropy
+def test_non_finite_steps_are_skipped_then_training_stops(tmp_path, small_corpus, make_run, monkeypatch):
+    """A step whose loss is not finite is skipped, so neither the weights nor the optimizer ever see a
+    NaN, and training goes on; five in a row stop it with the last good state saved."""
+    real = Transformer.forward
     calls = {"n": 0}
 
-    class PoisonedF:  # the loss goes NaN for steps 5-6, then for good from step 20
-        @staticmethod
-        def cross_entropy(*args, **kwargs):
-            calls["n"] += 1
-            loss = real(*args, **kwargs)
-            return loss * float("nan") if calls["n"] in (5, 6) or calls["n"] >= 20 else loss
+    def poisoned(self, idx):  # NaN logits in training forwards 5-6, then in every one from the 20th
+        logits = real(self, idx)
+        if not self.training:
+            return logits  # evaluation and sampling see the real model
+        calls["n"] += 1
+        return logits * float("nan") if calls["n"] in (5, 6) or calls["n"] >= 20 else logits
 
-    monkeypatch.setattr(blu.train, "F", PoisonedF)
-    run = tmp_path / "run"
-    args = prepare(run, small_corpus, iters=60, eval_every=1000)
+    monkeypatch.setattr(Transformer, "forward", poisoned)
+    run = make_run(tmp_path / "run", small_corpus, iters=60, eval_every=1000)
     with pytest.raises(BluError, match="5 steps in a row had a non-finite loss"):
-        blu.train.train(run, *args, torch.device("cpu"), log=lambda m: None)
-    # Evaluation calls F.cross_entropy too, and is poisoned: the check is on the saved weights.
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        train(run, torch.device("cpu"), log=lambda m: None)
+    rows = [json.loads(line) for line in (run.folder / "metrics.jsonl").read_text().splitlines()]
     assert sum("skipped" in r for r in rows) == 2 + 5
-    _, model, _ = load_run(run)
+    assert rows[-1]["step"] == 19 - 2 and torch.isfinite(torch.tensor(rows[-1]["val_loss"]))  # evaluated, then saved
+    _, model, _ = load_run(run.folder)
     assert all(torch.isfinite(p).all() for p in model.parameters())
-    assert json.loads(load_state_json(run))["step"] == 19 - 2
+    saved = load_file(run.folder / "last" / "state.safetensors")  # weights and optimizer moments
+    assert all(torch.isfinite(t).all() for t in saved.values() if t.is_floating_point())
+    assert json.loads(load_state_json(run.folder))["step"] == 19 - 2
 
 
 def load_state_json(run: Path) -> str:
@@ -69,11 +74,9 @@ def test_a_full_disk_keeps_the_previous_file(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]  # no temporary file left behind
 
 
-def test_a_pickle_in_a_run_folder_is_never_executed(tmp_path, small_corpus, capfd):
-    from test_cli import TINY, blu as run_blu
-
+def test_a_pickle_in_a_run_folder_is_never_executed(tmp_path, small_corpus, cli, tiny_flags):
     run = tmp_path / "run"
-    assert run_blu(capfd, "train", "--data", small_corpus, "--out", run, "--iters", 2, *TINY)[0] == 0
+    assert cli("train", "--data", small_corpus, "--out", run, "--iters", 2, *tiny_flags)[0] == 0
     marker = tmp_path / "pwned"
 
     class Payload:
@@ -86,11 +89,9 @@ def test_a_pickle_in_a_run_folder_is_never_executed(tmp_path, small_corpus, capf
     assert not marker.exists()
 
 
-def test_absurd_sizes_in_config_json_are_refused_before_allocating(tmp_path, small_corpus, capfd):
-    from test_cli import TINY, blu as run_blu
-
+def test_absurd_sizes_in_config_json_are_refused_before_allocating(tmp_path, small_corpus, cli, tiny_flags):
     run = tmp_path / "run"
-    assert run_blu(capfd, "train", "--data", small_corpus, "--out", run, "--iters", 2, *TINY)[0] == 0
+    assert cli("train", "--data", small_corpus, "--out", run, "--iters", 2, *tiny_flags)[0] == 0
     config = json.loads((run / "config.json").read_text())
     config["model"].update(dim=65536, hidden_dim=1 << 20)
     (run / "config.json").write_text(json.dumps(config))
@@ -116,9 +117,9 @@ def test_sigterm_saves_and_says_how_to_resume(tmp_path, small_corpus):
 
 
 def test_killed_three_times_then_resumed_ends_like_an_uninterrupted_run(tmp_path, small_corpus):
-    """kill -9 at moments spread over the run (the last while a save is under way) never loses
-    the folder, and resuming each time ends with the same weights as a run that never stopped."""
-    from safetensors.torch import load_file
+    """kill -9 at moments spread over the run (mid-training, around an evaluation, during a save)
+    never loses the folder, and resuming each time ends with the same weights as a run that never stopped."""
+    from safetensors import SafetensorError
 
     flags = ["--data", str(small_corpus), "--iters", "120", "--eval-every", "5", "--dim", "32", "--n-layer", "1",
              "--n-head", "2", "--context", "32", "--batch-size", "8"]
@@ -128,20 +129,36 @@ def test_killed_three_times_then_resumed_ends_like_an_uninterrupted_run(tmp_path
 
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     assert blu(*flags, "--out", str(straight)).wait() == 0
-    first = True
-    for fraction in (0.2, 0.5, None):
-        process = blu(*flags, "--out", str(killed)) if first else blu("--out", str(killed), "--resume")
-        first = False
-        state_file = killed / "last" / "state.safetensors"
-        while not (killed / "metrics.jsonl").exists() and process.poll() is None:  # training has started
-            time.sleep(0.05)
-        if fraction is None:  # wait for a temporary state file: a save is under way
-            while not (saving := any((killed / "last").glob(".state*"))) and process.poll() is None:
+    state_file = killed / "last" / "state.safetensors"
+
+    def saved_step() -> int:  # the step of the last completed save; -1 before the first
+        try:
+            return json.loads(load_state_json(killed))["step"]
+        except (OSError, KeyError, ValueError, SafetensorError):
+            return -1
+
+    def logged_step() -> int:  # the step of the last whole row of metrics.jsonl; 0 before the first
+        try:
+            lines = (killed / "metrics.jsonl").read_text().splitlines()
+        except FileNotFoundError:
+            return 0
+        steps = [0]
+        for line in lines:
+            try:
+                steps.append(json.loads(line)["step"])
+            except ValueError:  # a row being written
                 pass
-            assert saving
-        else:
-            time.sleep(3 * fraction)
-        assert process.poll() is None, "the run ended before it could be killed"
+        return steps[-1]
+
+    # When each process is killed: training on just after the save of step 25; around the
+    # evaluation of step 60, before its save completes; while a save is under way.
+    moments = (lambda: saved_step() >= 25, lambda: logged_step() >= 60,
+               lambda: any((killed / "last").glob(".state*")))
+    for i, moment in enumerate(moments):
+        process = blu(*flags, "--out", str(killed)) if i == 0 else blu("--out", str(killed), "--resume")
+        while not (reached := moment()) and process.poll() is None:
+            pass
+        assert reached and process.poll() is None, "the run ended before it could be killed"
         process.kill()
         process.wait()
         if state_file.exists():

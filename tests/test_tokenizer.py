@@ -1,6 +1,8 @@
 import numpy as np
+import pytest
 
-from blu.tokenizer import CharTokenizer
+from blu.errors import BluError
+from blu.tokenizer import CharTokenizer, build_tokenizer, tokenizer_from_json
 
 
 def test_round_trip_and_vocabulary():
@@ -24,7 +26,7 @@ def test_unknown_characters_become_unk_and_are_counted():
 
 def test_json_round_trip():
     tok = CharTokenizer.from_text("the quick brown fox\n")
-    again = CharTokenizer.from_json(tok.to_json())
+    again = tokenizer_from_json(tok.to_json())
     assert again.chars == tok.chars and again.encode("fox") == tok.encode("fox")
 
 
@@ -33,3 +35,22 @@ def test_large_vocabulary_uses_wider_ids():
     assert tok.dtype == np.uint16
     text = chr(0x4E00 + 299) + chr(0x4E00)
     assert tok.decode(tok.encode_array(text)[0].tolist()) == text
+
+
+def test_tokenizer_json_chooses_the_kind_and_refuses_others():
+    tok = build_tokenizer("char", "héllo\n")
+    again = tokenizer_from_json(tok.to_json())
+    assert isinstance(again, CharTokenizer) and again.kind == "char" and again.encode("hé") == tok.encode("hé")
+    for bad in ('{"type": "wordpiece"}', "[1, 2]", "{not json", '{"type": "char"}'):
+        with pytest.raises(BluError):
+            tokenizer_from_json(bad)
+    with pytest.raises(BluError, match="tokenizer must be one of"):
+        build_tokenizer("sentencepiece", "text")
+
+
+def test_streamed_decoding_gives_the_text_piece_by_piece():
+    tok = build_tokenizer("char", "Über 🙂\n")
+    decoder = tok.stream_decoder()
+    pieces = [decoder.feed(i) for i in tok.encode("🙂 Über")] + [decoder.flush()]
+    assert pieces == ["🙂", " ", "Ü", "b", "e", "r", ""]
+    assert tok.unk_id == 0 and tok.start_ids() == tok.encode("\n")
