@@ -6,6 +6,7 @@ Generated text is the only thing written to stdout."""
 import argparse
 import json
 import math
+import os
 import sys
 
 from . import __version__
@@ -102,6 +103,21 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--stream", action="store_true",
                     help="loss by position through the generation path, up to 8x the context")
     ev.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="where to run the model")
+
+    srv = commands.add_parser("serve", help="OpenAI-compatible API, playground page and live training view",
+                              formatter_class=fmt)
+    srv.add_argument("--run", required=True, help="run folder (may be training: newer weights are picked up)")
+    srv.add_argument("--host", default="127.0.0.1", help="address to listen on (anything else than loopback wants --api-key)")
+    srv.add_argument("--port", type=int, default=8000, help="port to listen on")
+    srv.add_argument("--api-key", default=os.environ.get("BLU_API_KEY"),
+                     help="require Authorization: Bearer KEY on /v1 and /api (default: $BLU_API_KEY, or none)")
+    srv.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                     help="let web pages from ORIGIN call the API (repeatable; default: none)")
+    srv.add_argument("--chat-template", metavar="FILE", help="chat template: text with {role} and {content} "
+                     "(default: '{role}: {content}\\n' per message, then 'assistant: ')")
+    srv.add_argument("--max-batch", type=int, default=64, help="choices decoded together; more requests wait")
+    srv.add_argument("--max-queue", type=int, default=256, help="requests waiting; beyond it, 503 with Retry-After")
+    srv.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"], help="where to run the model")
 
     exp = commands.add_parser("export", help="export a run for other tools", formatter_class=fmt)
     exp.add_argument("--run", required=True, help="run folder")
@@ -241,9 +257,25 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    from pathlib import Path
+
+    from .device import pick_device
+    from .serve.server import serve
+    from .serve.settings import ServerSettings
+
+    settings = ServerSettings(run=Path(args.run), host=args.host, port=args.port, device=str(pick_device(args.device)),
+                              api_key=args.api_key or None, cors_origins=tuple(args.cors_origin),
+                              chat_template=Path(args.chat_template) if args.chat_template else None,
+                              max_batch=args.max_batch, max_queue=args.max_queue)
+    serve(settings)
+    return 0
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    command = {"train": cmd_train, "generate": cmd_generate, "eval": cmd_eval, "export": cmd_export}[args.command]
+    command = {"train": cmd_train, "generate": cmd_generate, "eval": cmd_eval, "export": cmd_export,
+               "serve": cmd_serve}[args.command]
     try:
         return command(args)
     except BluError as error:

@@ -1,0 +1,39 @@
+"""Starting the server: the engine, the app, and uvicorn, with the warnings a user should see."""
+
+import sys
+
+from ..errors import BluError
+from .app import build_app
+from .chat import ChatTemplate
+from .engine import Engine
+from .settings import ServerSettings
+
+
+def check_template(template: ChatTemplate, tokenizer) -> None:
+    """The template's own characters must be in the vocabulary, or every chat request would fail."""
+    if unknown := tokenizer.unknown_chars(template.before.replace("{role}", "") + template.after.replace("{role}", "")):
+        raise BluError(f"the chat template has characters the model never saw: {''.join(unknown)!r}")
+
+
+def serve(settings: ServerSettings, log=None) -> None:
+    import uvicorn
+
+    log = log or (lambda message: print(message, file=sys.stderr, flush=True))
+    if settings.max_batch < 1 or settings.max_queue < 0:
+        raise BluError("--max-batch must be at least 1 and --max-queue at least 0")
+    engine = Engine(settings.run, settings.device, settings.max_batch, settings.max_queue, log)
+    template = ChatTemplate.from_file(settings.chat_template) if settings.chat_template else ChatTemplate()
+    check_template(template, engine.tokenizer)
+    app = build_app(settings, engine, template)
+    if not settings.loopback and not settings.api_key:
+        log(f"blu serve: WARNING: listening on {settings.host} without --api-key: anyone who can reach this "
+            "machine can use the model")
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    state = "" if engine.ready else " (no weights yet: waiting for training's first evaluation)"
+    log(f"blu serve: {settings.run.resolve().name} on http://{host}:{settings.port}/{state}")
+    engine.start()
+    try:
+        uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", access_log=False,
+                    timeout_graceful_shutdown=2)
+    finally:
+        engine.stop()

@@ -1,0 +1,83 @@
+"""The training view: what metrics.jsonl and samples.txt say about a run, read afresh at each
+poll, so that a run training in another process shows up live (the page polls every 2 s)."""
+
+import json
+from pathlib import Path
+import re
+import time
+
+SAMPLE_HEADER = re.compile(r"^--- step (\d+), val_loss ([0-9.naif]+) ---$", re.MULTILINE)
+LIVE_S = 60  # metrics.jsonl written this recently: the run is taken to be training
+MAX_SAMPLES = 30
+
+
+class TrainingView:
+    def __init__(self, folder):
+        self.folder = Path(folder)
+
+    def read(self, since: int = 0) -> dict:
+        """metrics.jsonl rows from line `since` on (all of them again, with reset, if the file
+        got shorter, as a resume truncates it), the latest samples, and the progress."""
+        lines = self._lines("metrics.jsonl")
+        reset = since > len(lines)
+        rows = []
+        for line in lines[0 if reset else since :]:
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                pass  # a line being written right now, or cut short by a kill
+        return {"rows": rows, "next": len(lines), "reset": reset, "samples": self.samples(), "progress": self.progress(lines)}
+
+    def samples(self) -> list[dict]:
+        try:
+            text = (self.folder / "samples.txt").read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return []
+        heads = list(SAMPLE_HEADER.finditer(text))
+        out = []
+        for head, after in zip(heads, heads[1:] + [None]):
+            body = text[head.end() + 1 : after.start() if after else len(text)]
+            out.append({"step": int(head.group(1)), "val_loss": float(head.group(2)), "text": body.rstrip("\n")})
+        return out[-MAX_SAMPLES:]
+
+    def progress(self, lines: list[str]) -> dict:
+        """Step, tokens/s (between the last two logged steps), time left by the run's budget,
+        and whether it is training now (metrics written in the last minute, budget not spent)."""
+        train = [r for r in (self._row(line) for line in lines[-50:]) if r and "train_loss" in r]
+        budget = self._budget()
+        out = {"step": None, "tokens_per_s": None, "time_left_s": None, "training": False, **budget}
+        if not train:
+            return out
+        last = train[-1]
+        out["step"], elapsed = last["step"], last["elapsed_s"]
+        if len(train) > 1 and last["elapsed_s"] > train[-2]["elapsed_s"]:
+            out["tokens_per_s"] = (last["tokens"] - train[-2]["tokens"]) / (last["elapsed_s"] - train[-2]["elapsed_s"])
+        left = []
+        if budget["time_s"]:
+            left.append(max(0.0, budget["time_s"] - elapsed))
+        if budget["iters"] and last["step"]:
+            left.append(max(0.0, (budget["iters"] - last["step"]) * elapsed / last["step"]))
+        out["time_left_s"] = min(left) if left else None
+        modified = (self.folder / "metrics.jsonl").stat().st_mtime
+        out["training"] = time.time() - modified < LIVE_S and (out["time_left_s"] is None or out["time_left_s"] > 0)
+        return out
+
+    def _budget(self) -> dict:
+        try:
+            train = json.loads((self.folder / "config.json").read_text(encoding="utf-8")).get("train", {})
+        except (OSError, ValueError):
+            train = {}
+        return {"iters": train.get("iters") or 0, "time_s": train.get("time_s") or 0}
+
+    def _lines(self, name: str) -> list[str]:
+        try:
+            return (self.folder / name).read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            return []
+
+    @staticmethod
+    def _row(line: str) -> dict | None:
+        try:
+            return json.loads(line)
+        except ValueError:
+            return None
