@@ -88,19 +88,25 @@ def split(tokens: np.ndarray, context: int, name: str = "the corpus") -> tuple[n
 
 class BatchSampler:
     """Random windows of `context + 1` tokens, drawn with its own seeded generator
-    so that a resumed run draws the same batches as one that never stopped."""
+    so that a resumed run draws the same batches as one that never stopped.
 
-    def __init__(self, tokens: np.ndarray, batch_size: int, context: int, seed: int):
+    Under torchrun each of the `ranks` processes draws the same global batch of
+    `batch_size * ranks` windows and keeps its own slice of `batch_size`, so what a run
+    reads depends on the seed and the global batch alone, not on how many processes share it."""
+
+    def __init__(self, tokens: np.ndarray, batch_size: int, context: int, seed: int, rank: int = 0, ranks: int = 1):
         self.tokens = tokens
         self.batch_size = batch_size
         self.context = context
         self.generator = torch.Generator().manual_seed(seed)
         self._offsets = np.arange(context + 1)
+        self._mine = slice(rank * batch_size, (rank + 1) * batch_size)
+        self._global_batch = batch_size * ranks
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(inputs, targets), each (batch_size, context) int64; targets are inputs shifted by one."""
         high = len(self.tokens) - self.context  # the last start that leaves room for the target
-        starts = torch.randint(0, high, (self.batch_size,), generator=self.generator).numpy()
+        starts = torch.randint(0, high, (self._global_batch,), generator=self.generator).numpy()[self._mine]
         windows = torch.from_numpy(self.tokens[starts[:, None] + self._offsets].astype(np.int64))
         return windows[:, :-1], windows[:, 1:]
 

@@ -1,0 +1,174 @@
+"""Several processes training one model: which rank this is, the process group and
+DistributedDataParallel, and the decisions every rank must take together.
+
+torchrun starts one process per device and says which one each is through the environment
+(RANK, WORLD_SIZE, LOCAL_RANK); without it there is one process and no process group at all,
+so a plain `blu train` runs exactly as it always did. Rules every rank keeps:
+
+- the global batch is drawn from the seed alone and each rank takes its slice (data.BatchSampler);
+- rank 0 prepares the run folder while the others wait, and is the only one that writes to it;
+- whether to skip a step (a non-finite loss or gradient on any rank), to stop (Ctrl-C or SIGTERM
+  on any rank) and the clock (rank 0's) are agreed by one small all_reduce per step, so every
+  rank takes the same branch and none is left waiting in a collective."""
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+import datetime
+import os
+import signal
+import threading
+from typing import Callable, NamedTuple
+
+import torch
+import torch.distributed as dist
+
+from .errors import BluError, ReportedByRankZero
+
+# How long a rank waits in a collective before giving up (a peer that died on another machine,
+# whose torchrun could not stop this one). Long enough for rank 0 to prepare a large text or
+# save a large model while the others wait, short enough that a dead run does not hold its GPUs for long.
+COLLECTIVE_TIMEOUT = datetime.timedelta(minutes=10)
+
+
+class Agreed(NamedTuple):
+    """What every rank decided together at the end of a step's backward pass."""
+
+    finite: bool  # the loss and the gradient were finite on every rank: take the step
+    loss_sum: torch.Tensor  # the micro-steps' summed loss, averaged over the ranks
+    stop: bool  # some rank was asked to stop (Ctrl-C or SIGTERM)
+    elapsed_s: float  # rank 0's clock
+
+
+@dataclass(frozen=True)
+class World:
+    """The processes training one model: this one's rank among `size`, and its rank on its machine."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+    restarts: int = 0  # how many times torchrun restarted the group (after a worker died)
+
+    @classmethod
+    def from_env(cls) -> "World":
+        env = os.environ
+        return cls(int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0)),
+                   int(env.get("TORCHELASTIC_RESTART_COUNT", 0)))
+
+    @property
+    def main(self) -> bool:
+        """The rank that prepares, writes, prints and draws."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+    def device(self, device: torch.device) -> torch.device:
+        """This rank's device: the GPU of its local rank on CUDA (one process per GPU)."""
+        if not self.distributed:
+            return device
+        if device.type == "cuda":
+            if self.local_rank >= torch.cuda.device_count():
+                raise BluError(f"local rank {self.local_rank} has no GPU: this machine has {torch.cuda.device_count()}; "
+                               "start at most that many processes per node (--nproc-per-node)")
+            torch.cuda.set_device(self.local_rank)
+            return torch.device("cuda", self.local_rank)
+        if device.type != "cpu":
+            raise BluError(f"training on several processes works on CUDA (NCCL) or the CPU (gloo), not on {device.type}")
+        return device
+
+    @contextmanager
+    def process_group(self, device: torch.device):
+        """The process group for the life of the block: NCCL between GPUs, gloo between CPUs.
+        Nothing at all on one process."""
+        if not self.distributed:
+            yield
+            return
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, timeout=COLLECTIVE_TIMEOUT,
+                                device_id=device if device.type == "cuda" else None)
+        try:
+            yield
+        finally:
+            dist.destroy_process_group()
+
+    def wrap(self, forward: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+        """`forward` (the model, compiled or not) under DistributedDataParallel: gradients are
+        averaged over the ranks during backward. The rotary tables are constants, so buffers are
+        not broadcast at each forward."""
+        if not self.distributed:
+            return forward
+        ids = [device.index] if device.type == "cuda" else None
+        return torch.nn.parallel.DistributedDataParallel(forward, device_ids=ids, forward_sync_buffers=False)
+
+    def agree(self, finite: torch.Tensor, loss_sum: torch.Tensor, stop: bool, elapsed_s: float) -> Agreed:
+        """The decisions of a step, the same on every rank: one all_reduce of four numbers.
+        On one process, just the local values (`finite` read from the device: one host sync)."""
+        if not self.distributed:
+            return Agreed(bool(finite), loss_sum, stop, elapsed_s)
+        values = torch.stack([(~finite).double(), loss_sum.double(), torch.tensor(float(stop), device=loss_sum.device),
+                              torch.tensor(elapsed_s if self.main else 0.0, device=loss_sum.device, dtype=torch.float64)])
+        dist.all_reduce(values)  # summed: any rank's bad step or stop counts, only rank 0 adds its clock
+        not_finite, loss_total, stops, elapsed = values.tolist()
+        return Agreed(not_finite == 0, torch.tensor(loss_total / self.size), stops > 0, elapsed)
+
+    def sum(self, value: torch.Tensor) -> torch.Tensor:
+        """`value` summed over the ranks (itself on one process)."""
+        if self.distributed:
+            value = value.clone()
+            dist.all_reduce(value)
+        return value
+
+    def error(self, message: str) -> BluError:
+        """The error to raise for a failure every rank found together: printed by rank 0 only."""
+        return BluError(message) if self.main else ReportedByRankZero(message)
+
+    def prepared_by_main(self, prepare: Callable[[], object], describe: Callable[[object], object],
+                         follow: Callable[[object], object]):
+        """Rank 0 runs `prepare()` (which may write files) while the others wait; then they run
+        `follow(describe(what rank 0 prepared))`. If rank 0 fails with a user error, it raises
+        it and the others raise ReportedByRankZero, so every rank exits with code 2 at once."""
+        if not self.distributed:
+            return prepare()
+        message = [("failed", "rank 0 could not prepare the run (its error is above)")]
+        if self.main:
+            try:
+                prepared = prepare()
+                message = [("ok", describe(prepared))]
+            except BluError as error:
+                message = [("failed", str(error))]
+                raise
+            finally:  # the others are waiting for this, whatever happened
+                dist.broadcast_object_list(message, src=0)
+            return prepared
+        dist.broadcast_object_list(message, src=0)
+        outcome, detail = message[0]
+        if outcome != "ok":
+            raise ReportedByRankZero(detail)
+        return follow(detail)
+
+
+class StopRequest:
+    """The first Ctrl-C (or SIGTERM) asks training to stop after the current step
+    and save; a second Ctrl-C interrupts at once (atomic writes keep the folder readable).
+    Under torchrun the request of any rank is shared by World.agree."""
+
+    def __init__(self):
+        self.requested = False
+
+    def _handle(self, signum, frame):
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    @contextmanager
+    def installed(self):
+        if threading.current_thread() is not threading.main_thread():
+            yield self  # signal handlers can only be set from the main thread
+            return
+        previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield self
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
