@@ -1,0 +1,190 @@
+"""`blu serve` refusing what it should: every bad value a 400 in OpenAI's error shape (never a
+framework's 422 {"detail": ...}), 404, 413, 401 with a key, 503 with Retry-After beyond the
+queue, closed CORS, the Host check, and the warning when listening beyond loopback without a key."""
+
+import json
+
+import httpx
+import openai
+import pytest
+from serve_support import Server, corpus, train_tiny
+
+KEY = "sesame-123"
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, shakespeare):
+    folder = tmp_path_factory.mktemp("serve-errors")
+    return train_tiny(corpus(folder, shakespeare), folder / "shakes")
+
+
+@pytest.fixture(scope="module")
+def server(run):
+    server = Server(run)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def guarded(run):
+    """A server with a key, one origin allowed, one row and a queue of one."""
+    server = Server(run, "--api-key", KEY, "--cors-origin", "http://notes.example", "--max-batch", "1", "--max-queue", "1")
+    yield server
+    server.stop()
+
+
+def assert_openai_error(response: httpx.Response, status: int, param=None, code=None) -> dict:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
+    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+    if param is not None:
+        assert body["error"]["param"] == param
+    if code is not None:
+        assert body["error"]["code"] == code
+    return body["error"]
+
+
+COMPLETION = {"model": "shakes", "prompt": "ROMEO:"}
+CHAT = {"model": "shakes", "messages": [{"role": "user", "content": "Hi"}]}
+BAD_VALUES = [  # (path, body changes, param, code)
+    ("/v1/completions", {"temperature": -1}, "temperature", None),
+    ("/v1/completions", {"temperature": "hot"}, "temperature", None),
+    ("/v1/completions", {"temperature": 1e999}, "temperature", None),  # json's Infinity
+    ("/v1/completions", {"top_p": 0}, "top_p", None),
+    ("/v1/completions", {"top_p": 1.5}, "top_p", None),
+    ("/v1/completions", {"top_k": -1}, "top_k", None),
+    ("/v1/completions", {"min_p": 1}, "min_p", None),
+    ("/v1/completions", {"repetition_penalty": 0}, "repetition_penalty", None),
+    ("/v1/completions", {"repetition_window": 100_000}, "repetition_window", None),
+    ("/v1/completions", {"max_tokens": 10**9}, "max_tokens", None),
+    ("/v1/completions", {"max_tokens": -1}, "max_tokens", None),
+    ("/v1/completions", {"max_tokens": True}, "max_tokens", None),
+    ("/v1/completions", {"n": 0}, "n", None),
+    ("/v1/completions", {"n": 10_000}, "n", None),
+    ("/v1/completions", {"logprobs": 6}, "logprobs", None),
+    ("/v1/completions", {"seed": "lucky"}, "seed", None),
+    ("/v1/completions", {"seed": 2**70}, "seed", None),
+    ("/v1/completions", {"stop": 5}, "stop", None),
+    ("/v1/completions", {"stop": ["a"] * 20}, "stop", None),
+    ("/v1/completions", {"stream": "yes"}, "stream", None),
+    ("/v1/completions", {"stream_options": {"include_usage": True}}, "stream_options", None),
+    ("/v1/completions", {"prompt": [-1]}, "prompt", None),  # crashed llama.cpp (#12178)
+    ("/v1/completions", {"prompt": ["a", "b"]}, "prompt", None),
+    ("/v1/completions", {"prompt": {"text": "a"}}, "prompt", None),
+    ("/v1/completions", {"prompt": "x" * 100_001}, "prompt", "prompt_too_long"),
+    ("/v1/completions", {"frequency_penalty": 0.5}, "frequency_penalty", "unsupported_parameter"),
+    ("/v1/completions", {"echo": True, "logprobs": 2}, "echo", "unsupported_parameter"),
+    ("/v1/chat/completions", {"messages": []}, "messages", None),
+    ("/v1/chat/completions", {"messages": [{"content": "no role"}]}, "messages", None),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, "messages", None),
+    ("/v1/chat/completions", {"top_logprobs": 3}, "top_logprobs", None),
+    ("/v1/chat/completions", {"logprobs": True, "top_logprobs": 21}, "top_logprobs", None),
+    ("/v1/chat/completions", {"max_completion_tokens": 10**9}, "max_completion_tokens", None),
+]
+
+
+@pytest.mark.parametrize("path,changes,param,code", BAD_VALUES, ids=[f"{p[4:]}-{list(c)[0]}" for p, c, *_ in BAD_VALUES])
+def test_bad_values_are_400_in_openai_shape(server, path, changes, param, code):
+    """Each value `blu generate` would refuse, and each cap, is a 400 naming the field, before
+    anything is generated (llama.cpp hung on unchecked values: #19367)."""
+    body = {**(COMPLETION if "chat" not in path else CHAT), **changes}
+    raw = httpx.post(server.url + path, content=json.dumps(body, allow_nan=True), timeout=30,
+                     headers={"content-type": "application/json"})
+    error = assert_openai_error(raw, 400, param, code)
+    assert error["type"] == "invalid_request_error"
+
+
+def test_unknown_characters_are_listed(server):
+    """Prompt characters outside the vocabulary: blu generate drops them with a note on stderr,
+    which an API client cannot read, so the API refuses them and lists them."""
+    with pytest.raises(openai.BadRequestError) as caught:
+        server.client().completions.create(model="shakes", prompt="ROMEO: ☃ ünd ☃")
+    assert caught.value.code == "unknown_characters" and caught.value.param == "prompt"
+    assert "☃" in caught.value.message and "ü" in caught.value.message
+    with pytest.raises(openai.BadRequestError) as caught:
+        server.client().chat.completions.create(model="shakes", messages=[{"role": "user", "content": "€"}])
+    assert caught.value.code == "unknown_characters" and caught.value.param == "messages"
+
+
+def test_malformed_bodies_unknown_model_and_routes(server):
+    url = server.url
+    assert_openai_error(httpx.post(url + "/v1/completions", content=b"{not json", timeout=10), 400, code="invalid_json")
+    assert_openai_error(httpx.post(url + "/v1/completions", json=[1, 2], timeout=10), 400, code="invalid_json")
+    assert_openai_error(httpx.post(url + "/v1/completions", content=b"\xff\xfe", timeout=10), 400, code="invalid_json")
+    with pytest.raises(openai.NotFoundError) as caught:
+        server.client().completions.create(model="gpt-4", prompt="ROMEO:")
+    assert caught.value.code == "model_not_found"
+    assert_openai_error(httpx.get(url + "/v1/nothing", timeout=10), 404)
+    assert_openai_error(httpx.get(url + "/v1/completions", timeout=10), 405)
+
+
+def test_body_over_the_cap_is_413(server):
+    """Bodies over 1 MiB are refused, whether the length is announced or streamed without one."""
+    big = b'{"prompt": "' + b"a" * (1 << 20) + b'"}'
+    assert_openai_error(httpx.post(server.url + "/v1/completions", content=big, timeout=30), 413, code="body_too_large")
+
+    def chunks():
+        for _ in range(20):
+            yield b"a" * 65536
+
+    assert_openai_error(httpx.post(server.url + "/v1/completions", content=chunks(), timeout=30), 413)
+
+
+def test_api_key(guarded):
+    """With --api-key, /v1 and /api want the Bearer key (401 in OpenAI's shape otherwise);
+    /health and the page stay public."""
+    with pytest.raises(openai.AuthenticationError):
+        guarded.client().models.list()
+    with pytest.raises(openai.AuthenticationError):
+        guarded.client(api_key=KEY + "x").completions.create(model="shakes", prompt="A", max_tokens=2)
+    assert_openai_error(httpx.get(guarded.url + "/api/training", timeout=10), 401, code="invalid_api_key")
+    assert guarded.client(api_key=KEY).completions.create(model="shakes", prompt="A", max_tokens=2).usage.completion_tokens == 2
+    assert httpx.get(guarded.url + "/health", timeout=10).json()["api_key_required"] is True
+    assert httpx.get(guarded.url + "/", timeout=10).status_code == 200
+    assert httpx.get(guarded.url + "/static/api.js", timeout=10).status_code == 200
+
+
+def test_cors_closed_unless_an_origin_is_named(server, guarded):
+    preflight = {"Origin": "http://notes.example", "Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "authorization, content-type"}
+    allowed = httpx.options(guarded.url + "/v1/completions", headers=preflight, timeout=10)
+    assert allowed.headers.get("access-control-allow-origin") == "http://notes.example"
+    other = httpx.options(guarded.url + "/v1/completions", headers={**preflight, "Origin": "http://evil.example"}, timeout=10)
+    assert other.headers.get("access-control-allow-origin") is None
+    closed = httpx.get(server.url + "/v1/models", headers={"Origin": "http://notes.example"}, timeout=10)
+    assert closed.status_code == 200 and "access-control-allow-origin" not in closed.headers
+
+
+def test_host_header_must_be_loopback(server):
+    """On loopback, a request naming another host (a DNS-rebinding page) is refused."""
+    assert_openai_error(httpx.get(server.url + "/v1/models", headers={"Host": "evil.example"}, timeout=10), 400,
+                        code="bad_host")
+    assert httpx.get(server.url + "/health", headers={"Host": f"localhost:{server.port}"}, timeout=10).status_code == 200
+
+
+def test_full_queue_is_503_with_retry_after(guarded):
+    """One row busy and one request waiting: the next is refused at once with 503 and Retry-After;
+    when the first two hang up, the server drops both."""
+    auth = {"Authorization": f"Bearer {KEY}"}
+    body = dict(model="shakes", prompt="ROMEO:", max_tokens=8000)
+    with httpx.Client(timeout=10, headers=auth) as first, httpx.Client(timeout=10, headers=auth) as second:
+        with first.stream("POST", guarded.url + "/v1/completions", json={**body, "stream": True}) as running:
+            lines = running.iter_lines()  # kept: a dropped iterator closes the stream
+            next(lines)
+            with second.stream("POST", guarded.url + "/v1/completions", json={**body, "stream": True}) as waiting:
+                assert waiting.status_code == 200 and guarded.health()["active_requests"] == 2
+                refused = httpx.post(guarded.url + "/v1/completions", json=body, headers=auth, timeout=10)
+                assert_openai_error(refused, 503, code="queue_full")
+                assert refused.headers["retry-after"] == "1"
+                with pytest.raises(openai.InternalServerError):  # what the client makes of a 503 (it retries by default)
+                    guarded.client(api_key=KEY).completions.create(**body)
+    assert guarded.wait_idle(timeout=10)["active_requests"] == 0
+
+
+def test_warning_when_listening_beyond_loopback_without_a_key(run, tmp_path):
+    server = Server(run, "--host", "0.0.0.0", log=tmp_path / "open.log")
+    try:
+        assert "WARNING" in server.log.read_text() and "--api-key" in server.log.read_text()
+    finally:
+        server.stop()
