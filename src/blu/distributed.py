@@ -24,10 +24,11 @@ import torch.distributed as dist
 
 from .errors import BluError, ReportedByRankZero
 
-# How long a rank waits in a collective before giving up (a peer that died on another machine,
-# whose torchrun could not stop this one). Long enough for rank 0 to prepare a large text or
-# save a large model while the others wait, short enough that a dead run does not hold its GPUs for long.
-COLLECTIVE_TIMEOUT = datetime.timedelta(minutes=10)
+# How long a rank waits in a collective before giving up. A peer that dies breaks its
+# connections at once (the others fail at their next collective, and torchrun stops them);
+# this bounds the wait for one that hangs, or for a machine torchrun cannot reach. Long because
+# the other ranks wait in a collective while rank 0 reads and tokenizes a large text, or saves.
+COLLECTIVE_TIMEOUT = datetime.timedelta(minutes=30)
 
 
 class Agreed(NamedTuple):
