@@ -11,15 +11,16 @@ import sys
 
 from . import __version__
 from .config import DEFAULT_MAX_NEW_TOKENS, PRESETS, ModelConfig, SamplingOptions, TrainConfig, knobs, parse_duration
-from .errors import BluError
+from .errors import BluError, ReportedByRankZero
 
 SEED_PROMPTS = ("ROMEO: ", "HAMLET: To be, or not to be,", "Once upon a time", "The king")
 
 
 class Parser(argparse.ArgumentParser):
     def error(self, message):
-        # One line, exit code 2, as for every other bad input.
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        # One line, exit code 2, as for every other bad input; under torchrun every rank parses
+        # the same command line, and rank 0 alone says what is wrong with it.
+        self.exit(2, f"{self.prog}: error: {message}\n" if os.environ.get("RANK", "0") == "0" else None)
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -132,26 +133,31 @@ def say(message: str) -> None:
 
 def cmd_train(args) -> int:
     from .device import pick_device
-    from .runs import create_run, resume_run
-    from .train import train
+    from .distributed import World
+    from .train import open_run, train
 
-    device = pick_device(args.device)
+    world = World.from_env()  # several processes under torchrun; one otherwise
+    try:
+        device = world.device(pick_device(args.device))
+    except BluError as error:
+        raise world.error(str(error)) from None  # the same on every rank
     overrides = {"seed": args.seed, **{f.name: getattr(args, f.name) for f in knobs(ModelConfig) + knobs(TrainConfig)}}
     settings = dict(data=args.data, preset=args.preset, overrides=overrides, force=args.force)
-    if args.resume:
-        run = resume_run(args.out, args.iters, args.time, **settings)  # refuses the settings the user gave
-    else:
-        run = create_run(args.out, iters=args.iters, time_s=args.time, device=device, **settings)
-    model_config, train_config = run.model_config, run.train_config
-    n_params = model_config.num_parameters()
-    budget_text = " and ".join(filter(None, [f"{train_config.iters} steps" if train_config.iters else "",
-                                             f"{train_config.time_s:g} s" if train_config.time_s else ""]))
-    say(f"blu {__version__}: {run.meta.get('preset', 'custom')} preset, {n_params / 1e6:.2f}M parameters, "
-        f"vocabulary {run.tokenizer.vocab_size}, {len(run.train_tokens):,} train / {len(run.val_tokens):,} validation tokens, "
-        f"{device.type}, budget {budget_text}, run folder {run.folder}")
-    state, interrupted = train(run, device)
-    say(f"best val_loss {state.best_val_loss:.4f} nats/char ({state.best_val_loss / math.log(2):.3f} bpc) "
-        f"after {state.step} steps, {state.elapsed_s:.0f} s; try: blu generate --run {run.folder}")
+    with world.process_group(device):
+        run = open_run(world, args.resume, args.out, args.iters, args.time, device=device, **settings)
+        model_config, train_config = run.model_config, run.train_config
+        n_params = model_config.num_parameters()
+        budget_text = " and ".join(filter(None, [f"{train_config.iters} steps" if train_config.iters else "",
+                                                 f"{train_config.time_s:g} s" if train_config.time_s else ""]))
+        where = f"{world.size} processes on {device.type}" if world.distributed else device.type
+        if world.main:  # under torchrun, rank 0 alone talks
+            say(f"blu {__version__}: {run.meta.get('preset', 'custom')} preset, {n_params / 1e6:.2f}M parameters, "
+                f"vocabulary {run.tokenizer.vocab_size}, {len(run.train_tokens):,} train / {len(run.val_tokens):,} "
+                f"validation tokens, {where}, budget {budget_text}, run folder {run.folder}")
+        state, interrupted = train(run, device, world=world)
+    if world.main:
+        say(f"best val_loss {state.best_val_loss:.4f} nats/char ({state.best_val_loss / math.log(2):.3f} bpc) "
+            f"after {state.step} steps, {state.elapsed_s:.0f} s; try: blu generate --run {run.folder}")
     return 130 if interrupted else 0
 
 
@@ -279,7 +285,8 @@ def main(argv=None) -> int:
     try:
         return command(args)
     except BluError as error:
-        say(f"blu: error: {error}")
+        if not isinstance(error, ReportedByRankZero):
+            say(f"blu: error: {error}")
         return 2
     except BrokenPipeError:  # e.g. `blu generate ... | head`
         sys.stderr.close()

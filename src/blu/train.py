@@ -3,16 +3,17 @@
 Every random draw of a step comes from a generator that a resumed run gets back: the model's
 initial weights from one seeded with the run's seed, the batches from the sampler's generator
 (saved in last/state.safetensors), the dropout masks from one seeded from the seed and the step.
-So a resumed --iters run ends bit-identical to one that never stopped."""
+So a resumed --iters run ends bit-identical to one that never stopped.
 
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields
+Under torchrun every rank runs this loop on its slice of each batch (see distributed.py): the
+decisions of each step are agreed, the evaluation is shared, and rank 0 alone writes and talks."""
+
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, fields, replace
 import hashlib
 import math
 from pathlib import Path
-import signal
 import sys
-import threading
 import time
 from typing import NamedTuple
 
@@ -22,15 +23,16 @@ from tqdm import tqdm
 
 from .checkpoint import load_last, remove_temporaries, save_last, save_model
 from .config import ModelConfig
-from .data import BatchSampler
+from .data import SHAKESPEARE_NAME, BatchSampler
 from .device import autocast_for
+from .distributed import Agreed, StopRequest, World
 from .errors import BluError
 from .evaluate import evaluate
 from .generate import TextGenerator
 from .metrics import MetricsLog
 from .model import Transformer
 from .optim import learning_rate, make_optimizer
-from .runs import Run
+from .runs import Run, create_run, holds_run, resume_run
 
 MAX_FAULTS_IN_A_ROW = 5  # non-finite steps tolerated in a row before training stops
 
@@ -44,6 +46,7 @@ class TrainState:
     elapsed_s: float = 0.0  # wall-clock seconds of training and evaluation (compiling included)
     best_val_loss: float | None = None  # the best validation loss so far: that of model.safetensors
     skipped_steps: int = 0  # updates skipped for a non-finite loss or gradient
+    processes: int = 1  # how many processes trained it: each step took batch_size x processes x grad_accum sequences
 
     @classmethod
     def from_saved(cls, saved, path) -> "TrainState":
@@ -72,10 +75,12 @@ def new_model(config: ModelConfig, seed: int) -> Transformer:
     return model
 
 
-def dropout_seed(seed: int, step: int) -> int:
-    """The seed of the dropout masks of a step: from the run's seed and the step alone, so a
-    resumed run draws the masks it would have drawn, on any device, with nothing more to save."""
-    return int.from_bytes(hashlib.sha256(f"dropout {seed} {step}".encode()).digest()[:8], "little")
+def dropout_seed(seed: int, step: int, rank: int = 0) -> int:
+    """The seed of the dropout masks of a step: from the run's seed, the step and the rank alone,
+    so a resumed run draws the masks it would have drawn, on any device, with nothing more to
+    save. Each rank draws its own masks (the same ones would repeat across the global batch)."""
+    key = f"dropout {seed} {step}" + (f" rank {rank}" if rank else "")
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little")
 
 
 def compile_for_training(model: Transformer, batch_shape, device: torch.device, log):
@@ -94,58 +99,47 @@ def compile_for_training(model: Transformer, batch_shape, device: torch.device, 
     return fast
 
 
-class StopRequest:
-    """The first Ctrl-C (or SIGTERM) asks training to stop after the current step
-    and save; a second Ctrl-C interrupts at once (atomic writes keep the folder readable)."""
-
-    def __init__(self):
-        self.requested = False
-
-    def _handle(self, signum, frame):
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    @contextmanager
-    def installed(self):
-        if threading.current_thread() is not threading.main_thread():
-            yield self  # signal handlers can only be set from the main thread
-            return
-        previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield self
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-
-
 class Trainer:
     """A run being trained: its model, optimizer, batches and state, and the parts of a step
-    and of an evaluation as methods. `train` runs the loop."""
+    and of an evaluation as methods. `train` runs the loop. Under torchrun there is one per
+    rank; only rank 0's writes files and logs (the others get a `log` that says nothing)."""
 
-    def __init__(self, run: Run, device: torch.device, log):
+    def __init__(self, run: Run, device: torch.device, log, world: World | None = None):
         self.run, self.config, self.folder, self.device, self.log = run, run.train_config, Path(run.folder), device, log
+        self.world = world = world or World()
         self.model = new_model(run.model_config, self.config.seed).to(device)
         self.optimizer = make_optimizer(self.model, self.config, device)
-        self.batches = BatchSampler(run.train_tokens, self.config.batch_size, run.model_config.context, self.config.seed)
+        self.batches = BatchSampler(run.train_tokens, self.config.batch_size, run.model_config.context, self.config.seed,
+                                    world.rank, world.size)
         self.generators = {"batches": self.batches.generator}  # saved in last/ and restored
         self.dropout = torch.Generator(device) if run.model_config.dropout else None
         for block in self.model.layers:
             block.generator = self.dropout
         self.metrics = MetricsLog(self.folder)
-        self.state = TrainState()
+        self.state = TrainState(processes=world.size)
+        self.stop = StopRequest()
+        self.started = time.perf_counter()  # moved back by the time a resumed run had already spent
+        self.lr = 0.0
 
     def restore(self) -> bool:
         """Go on from the state saved in last/, if a previous start saved one (True then)."""
-        remove_temporaries(self.folder)
+        if self.world.main:
+            remove_temporaries(self.folder)
         path = self.folder / "last" / "state.safetensors"
         saved = path.exists()
         if saved:
             self.state = TrainState.from_saved(load_last(self.folder, self.model, self.optimizer, self.generators), path)
             self.log(f"resuming {self.folder} at step {self.state.step}")
+            if self.state.processes != self.world.size:  # the data stays the run's; the batch per step changes
+                per_step = self.config.batch_size * self.config.grad_accum  # sequences per step and process
+                self.log(f"it was trained on {self.state.processes} processes and goes on with {self.world.size}: "
+                         f"{self.config.batch_size} sequences per process, so each step now takes "
+                         f"{per_step * self.world.size} instead of {per_step * self.state.processes}")
+                self.state.processes = self.world.size
         else:
             self.log(f"{self.folder} was stopped before its first save: starting it from step 0")
-        self.metrics.truncate_after(self.state.step)  # rows a killed process logged after its last save
+        if self.world.main:
+            self.metrics.truncate_after(self.state.step)  # rows a killed process logged after its last save
         return saved
 
     def progress(self) -> float:
@@ -157,65 +151,85 @@ class Trainer:
             fractions.append(self.state.elapsed_s / self.config.time_s)
         return max(fractions)
 
-    def step(self, forward) -> tuple[torch.Tensor, float] | None:
+    def step(self, forward) -> Agreed:
         """One optimizer step of `grad_accum` micro-steps through `forward` (the model, compiled
-        or not): the summed loss and the learning rate, or None when the loss or the gradient was
-        not finite, in which case nothing is updated."""
-        lr = learning_rate(self.config, self.state.step, self.progress())
+        or not, under DDP on several processes), as every rank agreed: nothing is updated when
+        the loss or the gradient was not finite on some rank."""
+        self.lr = learning_rate(self.config, self.state.step, self.progress())
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = self.lr
         if self.dropout is not None:
-            self.dropout.manual_seed(dropout_seed(self.config.seed, self.state.step))
+            self.dropout.manual_seed(dropout_seed(self.config.seed, self.state.step, self.world.rank))
         loss_sum = torch.zeros((), device=self.device)
-        for _ in range(self.config.grad_accum):
+        for micro in range(self.config.grad_accum):
             x, y = self.batches.next()
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            with autocast_for(self.device):
-                logits = forward(x)
-            loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
-            (loss / self.config.grad_accum).backward()
+            # DDP averages the gradients over the ranks at the last micro-step's backward only.
+            last = micro == self.config.grad_accum - 1
+            with nullcontext() if last or not self.world.distributed else forward.no_sync():
+                with autocast_for(self.device):
+                    logits = forward(x)
+                loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+                (loss / self.config.grad_accum).backward()
             loss_sum += loss.detach()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
-        # One host sync per step: a NaN or inf must never reach the weights or the optimizer moments.
-        if not bool(torch.isfinite(grad_norm) & torch.isfinite(loss_sum)):
-            self.optimizer.zero_grad(set_to_none=True)
-            return None
-        self.optimizer.step()
+        # A NaN or inf must never reach the weights or the optimizer moments, on any rank.
+        agreed = self.world.agree(torch.isfinite(grad_norm) & torch.isfinite(loss_sum), loss_sum, self.stop.requested,
+                                  time.perf_counter() - self.started)
+        self.state.elapsed_s = agreed.elapsed_s
+        if agreed.finite:
+            self.optimizer.step()
+            self.state.step += 1
+            self.state.tokens += self.config.batch_size * self.world.size * self.config.grad_accum * self.run.model_config.context
         self.optimizer.zero_grad(set_to_none=True)
-        self.state.step += 1
-        self.state.tokens += self.config.batch_size * self.config.grad_accum * self.run.model_config.context
-        return loss_sum, lr
+        return agreed
+
+    def record(self, row: dict) -> None:
+        """A row of metrics.jsonl, with the step, tokens and time (written by rank 0 alone)."""
+        if self.world.main:
+            s = self.state
+            self.metrics.write({"step": s.step, "tokens": s.tokens, "elapsed_s": round(s.elapsed_s, 3), **row})
 
     def note_skipped_step(self) -> None:
         s = self.state
         s.skipped_steps += 1
-        self.metrics.write({"step": s.step, "tokens": s.tokens, "elapsed_s": round(s.elapsed_s, 3),
-                            "skipped": "non-finite loss or gradient", "skipped_steps": s.skipped_steps})
+        self.record({"skipped": "non-finite loss or gradient", "skipped_steps": s.skipped_steps})
         self.log(f"step {s.step + 1}: non-finite loss or gradient, update skipped ({s.skipped_steps} so far)")
 
     def evaluate_and_save(self) -> None:
-        """Everything done at each evaluation: measure, keep the best, sample, save, plot."""
-        val_loss = self.evaluate_and_log()
-        self.keep_best(val_loss)
-        self.write_sample(val_loss)
-        self.checkpoint()
-        self.metrics.plot()
-        self.log(f"step {self.state.step}: val_loss {val_loss:.4f} (val_bpc {val_loss / math.log(2):.3f}), "
-                 f"{self.state.elapsed_s:.0f}s")
-
-    def evaluate_and_log(self) -> float:
-        """The loss over the whole validation split, written to metrics.jsonl."""
-        val_loss, _ = evaluate(self.model, self.run.val_tokens, self.config.eval_batch_size)
-        s = self.state
-        self.metrics.write({"step": s.step, "tokens": s.tokens, "elapsed_s": round(s.elapsed_s, 3),
-                            "val_loss": val_loss, "val_bpc": val_loss / math.log(2)})
-        return val_loss
-
-    def keep_best(self, val_loss: float) -> None:
-        """model.safetensors holds the weights with the best validation loss so far."""
-        if self.state.best_val_loss is None or val_loss < self.state.best_val_loss:
+        """Everything done at each evaluation: measure (every rank its share), then on rank 0
+        keep the best, sample, save, plot."""
+        val_loss, val_bpb = self.validate()
+        self.record({"val_loss": val_loss, "val_bpc": val_loss / math.log(2), "val_bpb": val_bpb})
+        improved = self.state.best_val_loss is None or val_loss < self.state.best_val_loss
+        if improved:
             self.state.best_val_loss = val_loss
-            save_model(self.folder / "model.safetensors", self.model)
+        if self.world.main:
+            if improved:  # model.safetensors holds the weights with the best validation loss so far
+                save_model(self.folder / "model.safetensors", self.model)
+            self.write_sample(val_loss)
+            save_last(self.folder, self.model, self.optimizer, self.generators, asdict(self.state))  # for --resume
+            self.metrics.plot()
+        self.log(f"step {self.state.step}: val_loss {val_loss:.4f} (val_bpb {val_bpb:.3f}), {self.state.elapsed_s:.0f}s")
+
+    def validate(self) -> tuple[float, float]:
+        """The loss (nats per token) and bits per byte over the whole validation split. Under
+        torchrun each rank scores a contiguous share of its windows (the windows one process
+        reads) and the sums are added."""
+        tokens, lengths, batch_size = self.run.val_tokens, self.run.val_bytes, self.config.eval_batch_size
+        if not self.world.distributed:
+            scores = evaluate(self.model, tokens, batch_size, lengths)
+            return scores.loss, scores.bpb
+        context, world = self.run.model_config.context, self.world
+        n_windows = math.ceil((len(tokens) - 1) / context)
+        first, end = n_windows * world.rank // world.size, n_windows * (world.rank + 1) // world.size
+        share = slice(first * context, end * context + 1)  # the windows' inputs and their last target
+        sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss, loss of the text's bytes in bits, bytes
+        if end > first:
+            s = evaluate(self.model, tokens[share], batch_size, lengths[share])
+            sums += torch.tensor([s.loss * s.tokens, (s.bpb or 0.0) * s.bytes, s.bytes], dtype=torch.float64, device=self.device)
+        loss, bits, n_bytes = world.sum(sums).tolist()
+        return loss / (len(tokens) - 1), bits / n_bytes if n_bytes else float("nan")
 
     def write_sample(self, val_loss: float) -> None:
         """A sample of the current model, appended to samples.txt (same seed each time)."""
@@ -225,53 +239,56 @@ class Trainer:
             f.write(f"--- step {self.state.step}, val_loss {val_loss:.4f} ---\n{text}\n\n")
         self.model.train()
 
-    def checkpoint(self) -> None:
-        """last/state.safetensors: everything --resume needs to go on exactly."""
-        save_last(self.folder, self.model, self.optimizer, self.generators, asdict(self.state))
 
-
-def train(run: Run, device: torch.device, log=None) -> TrainResult:
-    """Train `run` (from runs.create_run or runs.resume_run) until its step or time budget is
-    spent, or Ctrl-C; return the final state and whether it was interrupted.
+def train(run: Run, device: torch.device, log=None, world: World | None = None) -> TrainResult:
+    """Train `run` (from runs.create_run or runs.resume_run, or open_run under torchrun) until
+    its step or time budget is spent, or Ctrl-C; return the final state and whether it was interrupted.
 
     The step budget is `iters`, the time budget `time_s` (wall clock, evaluations included);
     with both, whichever ends first. There is an evaluation every `eval_every` steps and at the end."""
+    world = world or World()
+    if not world.main:
+        log = lambda message: None  # noqa: E731 - only rank 0 talks
     log = log or (lambda message: tqdm.write(message, file=sys.stderr))
     config = run.train_config
-    trainer = Trainer(run, device, log)
+    trainer = Trainer(run, device, log, world)
     # A saved state is always written by an evaluation, so the step it holds has had its own.
     evaluated_step = trainer.state.step if run.resumed and trainer.restore() else None
     state = trainer.state
     by_steps = bool(config.iters) and not config.time_s  # otherwise the bar counts seconds
     bar_total = config.iters if by_steps else round(config.time_s)
-    bar = tqdm(total=bar_total, unit="step" if by_steps else "s", file=sys.stderr, dynamic_ncols=True, disable=None)
-    started = time.perf_counter() - state.elapsed_s  # compiling counts against a --time budget
-    # Training runs through `forward` (compiled or not); evaluation, sampling and saving use the model.
+    bar = tqdm(total=bar_total, unit="step" if by_steps else "s", file=sys.stderr, dynamic_ncols=True,
+               disable=None if world.main else True)
+    trainer.started = time.perf_counter() - state.elapsed_s  # compiling counts against a --time budget
+    # Training runs through `forward` (compiled or not, under DDP); evaluation, sampling and saving use the model.
     forward = trainer.model
     if config.compile:
         forward = compile_for_training(trainer.model, (config.batch_size, run.model_config.context), device, log)
+    forward = world.wrap(forward, device)
     last_log = (time.perf_counter(), state.tokens)
     faults_in_a_row = 0
+    agreed_stop = False  # under torchrun: some rank was asked to stop, as the ranks agreed at the last step
+
+    def stopping() -> bool:  # one process stops before its next step; several after the step that agreed on it
+        return agreed_stop if world.distributed else trainer.stop.requested
+
     trainer.model.train()
-    stop = StopRequest()
-    with stop.installed():
-        while trainer.progress() < 1 and not stop.requested and faults_in_a_row < MAX_FAULTS_IN_A_ROW:
-            done = trainer.step(forward)
-            if done is None:
+    with trainer.stop.installed():
+        while trainer.progress() < 1 and not stopping() and faults_in_a_row < MAX_FAULTS_IN_A_ROW:
+            agreed = trainer.step(forward)
+            agreed_stop = agreed.stop
+            if not agreed.finite:
                 faults_in_a_row += 1
                 trainer.note_skipped_step()
                 continue
             faults_in_a_row = 0
-            loss_sum, lr = done
-            state.elapsed_s = time.perf_counter() - started
             bar.n = state.step if by_steps else min(round(state.elapsed_s), bar_total)
             if state.step % config.log_every == 0:
-                train_loss = loss_sum.item() / config.grad_accum  # the only host sync, once per log_every steps
+                train_loss = agreed.loss_sum.item() / config.grad_accum  # the only host sync, once per log_every steps
                 now = time.perf_counter()
                 tokens_per_s = (state.tokens - last_log[1]) / (now - last_log[0])
                 last_log = (now, state.tokens)
-                trainer.metrics.write({"step": state.step, "tokens": state.tokens,
-                                       "elapsed_s": round(state.elapsed_s, 3), "train_loss": train_loss, "lr": lr})
+                trainer.record({"train_loss": train_loss, "lr": trainer.lr})
                 bar.set_postfix(step=state.step, loss=f"{train_loss:.3f}", tok_s=f"{tokens_per_s:,.0f}", refresh=False)
                 bar.refresh()
             if state.step % config.eval_every == 0 and trainer.progress() < 1:
@@ -281,8 +298,26 @@ def train(run: Run, device: torch.device, log=None) -> TrainResult:
         if evaluated_step != state.step:  # not already done, e.g. by Ctrl-C during an evaluation
             trainer.evaluate_and_save()
     if faults_in_a_row >= MAX_FAULTS_IN_A_ROW:
-        raise BluError(f"training diverged: {MAX_FAULTS_IN_A_ROW} steps in a row had a non-finite loss or gradient; "
-                       f"the last good state is saved in {run.folder}; try a lower --lr")
-    if stop.requested:
+        raise world.error(f"training diverged: {MAX_FAULTS_IN_A_ROW} steps in a row had a non-finite loss or gradient; "
+                          f"the last good state is saved in {run.folder}; try a lower --lr")
+    if stopping():
         log(f"stopped at step {state.step} and saved; continue with: blu train --out {run.folder} --resume")
-    return TrainResult(state, stop.requested)
+    return TrainResult(state, stopping())
+
+
+def open_run(world: World, resume: bool, out, iters, time_s, **settings) -> Run:
+    """The run to train (`settings` as runs.create_run takes them): created, or resumed with
+    `resume`, by rank 0 while the other ranks wait, then opened by them from the folder it
+    wrote, which every node must see. After torchrun restarted the group (a worker died), the
+    same command line goes on from the last save: a run already in the folder is resumed."""
+    def prepare() -> Run:
+        # The folder create_run would choose: --out, or runs/<name of the data file>.
+        folder = Path(out) if out else Path("runs") / Path(settings.get("data") or SHAKESPEARE_NAME).stem
+        if world.restarts and holds_run(folder):
+            return resume_run(folder, iters, time_s)
+        if resume:
+            return resume_run(out, iters, time_s, **{k: v for k, v in settings.items() if k != "device"})
+        return create_run(out, iters=iters, time_s=time_s, **settings)
+
+    return world.prepared_by_main(prepare, lambda run: (str(run.folder), run.resumed),
+                                  lambda made: replace(resume_run(made[0], iters, time_s), resumed=made[1]))
