@@ -77,7 +77,8 @@ def test_eval_stream_reports_losses_by_position(trained, cli):
 def test_eval_json(trained, cli, small_corpus, tmp_path):
     code, out, _ = cli("eval", "--run", trained, "--json")
     result = json.loads(out)
-    assert code == 0 and set(result) == {"val_loss", "val_bpc", "tokens"}
+    assert code == 0 and set(result) == {"val_loss", "val_bpb", "val_bpc", "tokens", "bytes", "window", "unknown_chars",
+                                         "tokenizer"}
     assert result["tokens"] == 6000 - 1  # the whole validation split
     other = tmp_path / "other.txt"
     other.write_text("To be, or not to be\u2603", encoding="utf-8")

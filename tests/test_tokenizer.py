@@ -54,3 +54,69 @@ def test_streamed_decoding_gives_the_text_piece_by_piece():
     pieces = [decoder.feed(i) for i in tok.encode("🙂 Über")] + [decoder.flush()]
     assert pieces == ["🙂", " ", "Ü", "b", "e", "r", ""]
     assert tok.unk_id == 0 and tok.start_ids() == tok.encode("\n")
+
+
+HARD_CASES = ["emoji 🙂👩‍👩‍👧 and CJK 日本語のテキスト", "combining e\u0301 a\u0308", "CRLF\r\nand\ttabs\t\t",
+              "\ufeffa BOM", "  leading and trailing spaces  ", "the literal <|endoftext|> is text", "x"]
+
+
+@pytest.fixture(scope="module")
+def bpe(shakespeare):
+    return build_tokenizer("bpe", shakespeare.read_text(encoding="utf-8")[:200_000], 600)
+
+
+def test_byte_ids_are_the_utf8_bytes_and_tokenizers_agrees():
+    """The byte tokenizer encodes with numpy; the tokenizers file it writes must give the same ids."""
+    tok = build_tokenizer("byte", "anything")
+    assert tok.kind == "byte" and tok.vocab_size == 257 and tok.end_id == 256
+    for text in HARD_CASES:
+        ids = tok.encode(text)
+        assert ids == list(text.encode("utf-8")) == tok.hf.encode(text).ids
+        assert tok.decode(ids) == text
+
+
+def test_bpe_round_trips_and_matches_its_native_file(bpe, tmp_path):
+    """tokenizer.json is a native `tokenizers` file: Tokenizer.from_file loads it as it is and
+    encodes like blu (once told that special tokens in text are text, as blu is)."""
+    from tokenizers import Tokenizer as HFTokenizer
+
+    path = tmp_path / "tokenizer.json"
+    path.write_text(bpe.to_json(), encoding="utf-8")
+    native = HFTokenizer.from_file(str(path))
+    native.encode_special_tokens = True
+    assert bpe.kind == "bpe" and bpe.vocab_size == 600 and bpe.end_id == 599
+    for text in HARD_CASES:
+        ids = bpe.encode(text)
+        assert ids == native.encode(text).ids and bpe.decode(ids) == text
+        assert bpe.end_id not in ids  # "<|endoftext|>" written in text is never the token
+        assert bpe.byte_lengths(text, np.array(ids)).sum() == len(text.encode("utf-8"))
+    assert len(bpe.encode("ROMEO: and the king")) < len("ROMEO: and the king")  # it learned merges
+
+
+def test_bpe_training_is_reproducible(shakespeare):
+    text = shakespeare.read_text(encoding="utf-8")[:100_000]
+    assert build_tokenizer("bpe", text, 400).to_json() == build_tokenizer("bpe", text, 400).to_json()
+
+
+def test_streamed_bytes_never_split_a_character():
+    """A character spread over several byte tokens comes out whole, once its last byte arrives."""
+    tok = build_tokenizer("byte", "")
+    decoder = tok.stream_decoder()
+    pieces = [decoder.feed(i) for i in tok.encode("a🙂é")] + [decoder.flush()]
+    assert pieces == ["a", "", "", "", "🙂", "", "é", ""]
+    decoder = tok.stream_decoder()
+    assert decoder.feed(0xF0) == "" and decoder.flush() == "\ufffd"  # a cut-off character, as decode() shows it
+
+
+def test_char_byte_lengths_count_utf8_bytes_unknown_characters_included():
+    tok = build_tokenizer("char", "abc")
+    text = "aé🙂c"
+    ids, unknown = tok.encode_array(text)
+    assert unknown == 2 and tok.byte_lengths(text, ids).tolist() == [1, 2, 4, 1]
+
+
+def test_vocab_size_is_for_bpe_only():
+    with pytest.raises(BluError, match="vocab-size is for --tokenizer bpe"):
+        build_tokenizer("char", "abc", 300)
+    with pytest.raises(BluError, match="between 258"):
+        build_tokenizer("bpe", "abc", 100)

@@ -25,7 +25,7 @@ def quiet(message):
 
 def test_short_run_on_tiny_shakespeare_learns_and_fills_the_run_folder(tmp_path, shakespeare, make_run):
     run = make_run(tmp_path / "run", shakespeare, iters=80, eval_every=40)
-    initial, _ = evaluate(new_model(run.model_config, run.train_config.seed), run.val_tokens)
+    initial = evaluate(new_model(run.model_config, run.train_config.seed), run.val_tokens).loss
     state, interrupted = train(run, CPU, log=quiet)
     assert state.step == 80 and not interrupted
     assert abs(initial - math.log(run.tokenizer.vocab_size)) < 0.2
@@ -34,7 +34,8 @@ def test_short_run_on_tiny_shakespeare_learns_and_fills_the_run_folder(tmp_path,
     rows = [json.loads(line) for line in (run.folder / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in rows if "val_loss" in r]
     assert [r["step"] for r in evals] == [40, 80]
-    assert all({"step", "tokens", "elapsed_s", "val_bpc"} <= set(r) for r in evals)
+    assert all({"step", "tokens", "elapsed_s", "val_bpc", "val_bpb"} <= set(r) for r in evals)
+    assert evals[-1]["val_bpb"] == pytest.approx(evals[-1]["val_bpc"])  # ASCII text, one byte per character
     assert any("train_loss" in r for r in rows)
     assert evals[-1]["val_bpc"] == pytest.approx(evals[-1]["val_loss"] / math.log(2))
     assert (run.folder / "loss.png").read_bytes()[:4] == b"\x89PNG"
@@ -42,7 +43,7 @@ def test_short_run_on_tiny_shakespeare_learns_and_fills_the_run_folder(tmp_path,
 
     # The run folder round-trips: the best weights load and score what training measured.
     _, model, _ = load_run(run.folder)
-    assert evaluate(model, run.val_tokens)[0] == pytest.approx(state.best_val_loss, abs=1e-6)
+    assert evaluate(model, run.val_tokens).loss == pytest.approx(state.best_val_loss, abs=1e-6)
     # last/ holds the training state and nothing of the loop's own bookkeeping.
     with safe_open(run.folder / "last" / "state.safetensors", framework="pt") as f:
         saved = json.loads(f.metadata()["state"])
@@ -69,7 +70,7 @@ def test_evaluation_covers_every_validation_token(tmp_path, small_corpus, make_r
             count += len(window) - 1
     assert count == len(tokens) - 1
     for batch_size in (1, 4, 9, 64):  # uneven last batches, one window per batch, all in one
-        loss, n = evaluate(model, tokens, batch_size)
+        loss, n, _, _ = evaluate(model, tokens, batch_size)
         assert n == count and loss == pytest.approx(total / count, rel=1e-5), batch_size
 
 

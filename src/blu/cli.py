@@ -11,7 +11,9 @@ import sys
 
 from . import __version__
 from .config import DEFAULT_MAX_NEW_TOKENS, PRESETS, ModelConfig, SamplingOptions, TrainConfig, knobs, parse_duration
+from .data import MAX_VALIDATION_CHARS, VAL_FRACTION
 from .errors import BluError, ReportedByRankZero
+from .tokenizer import DEFAULT_BPE_VOCAB_SIZE, KINDS
 
 SEED_PROMPTS = ("ROMEO: ", "HAMLET: To be, or not to be,", "Once upon a time", "The king")
 
@@ -82,6 +84,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, help="random seed for initialisation and batches (default 1337)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its last saved state")
     train.add_argument("--force", action="store_true", help="replace a run already in --out")
+    train.add_argument("--tokenizer", choices=KINDS,
+                       help="char: one token per character (default); byte: the 256 UTF-8 bytes; "
+                            "bpe: a byte-level BPE trained on the training text")
+    train.add_argument("--vocab-size", type=int, help=f"tokens in a bpe vocabulary (default {DEFAULT_BPE_VOCAB_SIZE})")
+    train.add_argument("--tokenizer-from", metavar="RUN_OR_FILE", help="reuse the tokenizer of a run folder or a tokenizer.json")
+    train.add_argument("--val-fraction", type=float,
+                       help=f"final share of the text held out for validation (default {VAL_FRACTION}, at most "
+                            f"{MAX_VALIDATION_CHARS:,} characters)")
     _add_config_flags(train, ModelConfig, "model")
     _add_config_flags(train, TrainConfig, "train")
 
@@ -142,7 +152,8 @@ def cmd_train(args) -> int:
     except BluError as error:
         raise world.error(str(error)) from None  # the same on every rank
     overrides = {"seed": args.seed, **{f.name: getattr(args, f.name) for f in knobs(ModelConfig) + knobs(TrainConfig)}}
-    settings = dict(data=args.data, preset=args.preset, overrides=overrides, force=args.force)
+    settings = dict(data=args.data, preset=args.preset, overrides=overrides, force=args.force, tokenizer=args.tokenizer,
+                    vocab_size=args.vocab_size, tokenizer_from=args.tokenizer_from, val_fraction=args.val_fraction)
     with world.process_group(device):
         run = open_run(world, args.resume, args.out, args.iters, args.time, device=device, **settings)
         model_config, train_config = run.model_config, run.train_config
@@ -156,7 +167,8 @@ def cmd_train(args) -> int:
                 f"validation tokens, {where}, budget {budget_text}, run folder {run.folder}")
         state, interrupted = train(run, device, world=world)
     if world.main:
-        say(f"best val_loss {state.best_val_loss:.4f} nats/char ({state.best_val_loss / math.log(2):.3f} bpc) "
+        unit = "nats/char" if run.tokenizer.kind == "char" else "nats/token"
+        say(f"best val_loss {state.best_val_loss:.4f} {unit} ({state.best_val_loss / math.log(2):.3f} bits) "
             f"after {state.step} steps, {state.elapsed_s:.0f} s; try: blu generate --run {run.folder}")
     return 130 if interrupted else 0
 
@@ -228,17 +240,15 @@ def interactive(run, controls) -> int:
 def cmd_eval(args) -> int:
     from .device import pick_device
     from .evaluate import evaluate, stream_eval
-    from .runs import file_tokens, load_run, validation_tokens
+    from .runs import file_text, load_run, validation_text
 
     meta, model, tokenizer = load_run(args.run, pick_device(args.device))
-    if args.data:
-        tokens, n_unknown = file_tokens(args.data, tokenizer)
-        if n_unknown:
-            say(f"blu: {n_unknown} characters of {args.data} are not in the vocabulary; they are scored as <unk>")
-    else:
-        tokens = validation_tokens(meta, tokenizer, model.config.context)
+    text = file_text(args.data, tokenizer) if args.data else validation_text(meta, tokenizer, model.config.context)
+    if text.unknown:
+        say(f"blu: {text.unknown} characters of {args.data or 'the validation text'} are not in the vocabulary; "
+            "they are scored as <unk>")
     if args.stream:
-        buckets = stream_eval(model, tokens)
+        buckets = stream_eval(model, text.tokens)
         if args.json:
             print(json.dumps({"context": model.config.context, "buckets": buckets}))
         else:
@@ -246,12 +256,16 @@ def cmd_eval(args) -> int:
             for b in buckets:
                 print(f"  positions {b['from']:>5}-{b['to'] - 1:<5} {b['loss']:.4f} nats/char  ({b['tokens']:,} tokens)")
         return 0
-    loss, count = evaluate(model, tokens)
-    result = {"val_loss": loss, "val_bpc": loss / math.log(2), "tokens": count}
+    scores = evaluate(model, text.tokens, byte_lengths=text.byte_lengths)
+    result = {"val_loss": scores.loss, "val_bpb": scores.bpb, **({"val_bpc": scores.bpc} if tokenizer.kind == "char" else {}),
+              "tokens": scores.tokens, "bytes": scores.bytes, "window": model.config.context, "unknown_chars": text.unknown,
+              "tokenizer": tokenizer.kind}
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"val_loss {loss:.4f} nats/char, val_bpc {result['val_bpc']:.4f}, over {count:,} tokens")
+        per_char = f", val_bpc {scores.bpc:.4f}" if tokenizer.kind == "char" else ""
+        print(f"val_loss {scores.loss:.4f} nats/token, val_bpb {scores.bpb:.4f}{per_char}; {scores.tokens:,} {tokenizer.kind} "
+              f"tokens, {scores.bytes:,} bytes scored in windows of {model.config.context}, {text.unknown} unknown characters")
     return 0
 
 

@@ -17,6 +17,8 @@ SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/da
 SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
 SHAKESPEARE_NAME = "tinyshakespeare.txt"
 VAL_FRACTION = 0.1
+# Evaluating the whole validation text at every evaluation must stay a small share of training.
+MAX_VALIDATION_CHARS = 4_000_000
 
 
 def cache_dir() -> Path:
@@ -71,19 +73,28 @@ def read_corpus(path) -> str:
         raise BluError(f"{path} is not UTF-8: invalid byte 0x{data[error.start]:02x} at offset {error.start}") from None
 
 
-def split(tokens: np.ndarray, context: int, name: str = "the corpus") -> tuple[np.ndarray, np.ndarray]:
-    """First 90% for training, last 10% for validation, refusing corpora too short to train on."""
-    def fits(n: int) -> bool:
-        return int(n * VAL_FRACTION) >= 2 and n - int(n * VAL_FRACTION) >= context + 1
+def split(text, context: int, name: str = "the corpus", fraction: float = VAL_FRACTION):
+    """The text (a str, cut between characters, or an array) in two: the final `fraction` of it,
+    at most MAX_VALIDATION_CHARS, for validation and the rest for training; refusing texts too
+    short to train on. Cutting the text, not its tokens, scores the same text whatever the
+    tokenizer."""
+    if not 0 < fraction < 1:
+        raise BluError(f"val-fraction must be between 0 and 1, got {fraction}")
 
-    if not fits(len(tokens)):
+    def validation_size(n: int) -> int:
+        return min(int(n * fraction), MAX_VALIDATION_CHARS)
+
+    def fits(n: int) -> bool:
+        return validation_size(n) >= 2 and n - validation_size(n) >= context + 1
+
+    if not fits(len(text)):
         need = next(n for n in itertools.count(context + 1) if fits(n))
         raise BluError(
-            f"{name} is too short: {len(tokens)} characters; a context of {context} needs at least {need}"
-            " (a training window plus a 10% validation split)"
+            f"{name} is too short: {len(text)} characters; a context of {context} needs at least {need}"
+            f" (a training window plus a {fraction:.0%} validation split)"
         )
-    n_val = int(len(tokens) * VAL_FRACTION)
-    return tokens[: len(tokens) - n_val], tokens[len(tokens) - n_val :]
+    cut = len(text) - validation_size(len(text))
+    return text[:cut], text[cut:]
 
 
 class BatchSampler:

@@ -1,6 +1,7 @@
 """Evaluation: the loss over a whole split, and the loss by position through the generation path."""
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -11,10 +12,25 @@ from .device import autocast_for, device_of
 from .errors import BluError
 
 
+class Scores(NamedTuple):
+    """What an evaluation measures over a whole text."""
+
+    loss: float  # nats per target token (every token after the first is a target once)
+    tokens: int  # targets scored
+    bytes: int | None  # UTF-8 bytes of text those targets stand for (the end-of-text token: none)
+    bpb: float | None  # bits per byte: the loss of the targets that stand for text, over their bytes
+
+    @property
+    def bpc(self) -> float:
+        """Bits per token: per character for a char tokenizer."""
+        return self.loss / math.log(2)
+
+
 @torch.no_grad()
-def evaluate(model, tokens: np.ndarray, batch_size: int = 64) -> tuple[float, int]:
-    """Mean loss in nats per token over every token of `tokens` (after the first),
-    read as consecutive non-overlapping windows of the model's context; and the count."""
+def evaluate(model, tokens: np.ndarray, batch_size: int = 64, byte_lengths: np.ndarray | None = None) -> Scores:
+    """The loss over every token of `tokens` (after the first), read as consecutive
+    non-overlapping windows of the model's context, and, given `byte_lengths` (the bytes each
+    token stands for, from the tokenizer), bits per byte: comparable across tokenizers."""
     model.eval()
     device = device_of(model)
     context = model.config.context
@@ -25,14 +41,26 @@ def evaluate(model, tokens: np.ndarray, batch_size: int = 64) -> tuple[float, in
     padded[: len(tokens)] = torch.from_numpy(tokens.astype(np.int64))
     inputs = padded[:-1].clamp(min=0).view(n_windows, context)
     targets = padded[1:].view(n_windows, context)
+    lengths = torch.zeros(n_windows * context, dtype=torch.int64)  # bytes of each target (padding: 0)
+    if byte_lengths is not None:
+        lengths[: len(tokens) - 1] = torch.from_numpy(np.asarray(byte_lengths[1:], dtype=np.int64))
+    lengths = lengths.view(n_windows, context)
     total = torch.zeros((), device=device, dtype=torch.float64)
+    of_text = torch.zeros((), device=device, dtype=torch.float64)  # the loss of targets that stand for bytes
     for first in range(0, n_windows, batch_size):
         x, y = inputs[first : first + batch_size], targets[first : first + batch_size]
         with autocast_for(device):
             logits = model(x.to(device))
-        total += F.cross_entropy(logits.float().flatten(0, 1), y.to(device).flatten(), ignore_index=-1, reduction="sum")
+        losses = F.cross_entropy(logits.float().flatten(0, 1), y.to(device).flatten(), ignore_index=-1, reduction="none")
+        losses = losses.double()  # summed in float64, so that both sums agree where every target has bytes
+        total += losses.sum()
+        of_text += losses[lengths[first : first + batch_size].flatten().to(device) > 0].sum()
     model.train()
-    return total.item() / (len(tokens) - 1), len(tokens) - 1
+    count = len(tokens) - 1
+    if byte_lengths is None:
+        return Scores(total.item() / count, count, None, None)
+    n_bytes = int(lengths.sum())
+    return Scores(total.item() / count, count, n_bytes, of_text.item() / math.log(2) / n_bytes if n_bytes else float("nan"))
 
 
 @torch.inference_mode()

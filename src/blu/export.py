@@ -12,6 +12,7 @@ import re
 
 from safetensors.torch import save as safetensors_bytes
 
+from .bytelevel import END_OF_TEXT
 from .checkpoint import atomic_write, model_tensors
 from .errors import BluError
 from .model import fused_rows
@@ -54,7 +55,7 @@ def hf_state_dict(tensors: dict, config) -> dict:
     return out
 
 
-def hf_config(config) -> dict:
+def hf_config(config, end_id: int | None = None) -> dict:
     return {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
@@ -75,15 +76,16 @@ def hf_config(config) -> dict:
         "tie_word_embeddings": config.tie_embeddings,
         "torch_dtype": "float32",
         "bos_token_id": None,
-        "eos_token_id": None,
+        "eos_token_id": end_id,
         "pad_token_id": None,
     }
 
 
 def hf_tokenizer(tokenizer) -> dict:
-    """tokenizer.json in the format of the `tokenizers` library, for a char tokenizer."""
+    """tokenizer.json in the format of the `tokenizers` library: for byte and bpe, blu's own file
+    as it is; for char, one made here (below)."""
     if tokenizer.kind != "char":
-        raise BluError(f"export to Hugging Face does not know {tokenizer.kind} tokenizers yet")
+        return json.loads(tokenizer.to_json())
     vocab = {UNK: 0, **{c: i for c, i in tokenizer.stoi.items()}}
     unk = {"id": 0, "content": UNK, "single_word": False, "lstrip": False, "rstrip": False,
            "normalized": False, "special": True}
@@ -116,15 +118,19 @@ def export_hf(run_dir, out_dir) -> Path:
     _, model, tokenizer = load_run(run_dir)
     weights = hf_state_dict(model_tensors(model), model.config)
     atomic_write(out_dir / "model.safetensors", safetensors_bytes(weights, metadata={"format": "pt"}))
+    if tokenizer.kind == "char":
+        special = {"unk_token": UNK}
+    else:  # the literal text "<|endoftext|>" stays text (split_special_tokens), as in blu
+        special = {"eos_token": END_OF_TEXT}
     files = {
-        "config.json": hf_config(model.config),
-        "generation_config.json": {"do_sample": False, "bos_token_id": None, "eos_token_id": None},
+        "config.json": hf_config(model.config, tokenizer.end_id),
+        "generation_config.json": {"do_sample": False, "bos_token_id": None, "eos_token_id": tokenizer.end_id},
         "tokenizer.json": hf_tokenizer(tokenizer),
         "tokenizer_config.json": {
-            "tokenizer_class": "PreTrainedTokenizerFast", "unk_token": UNK,
+            "tokenizer_class": "PreTrainedTokenizerFast", **special, "split_special_tokens": tokenizer.end_id is not None,
             "model_max_length": model.config.context, "clean_up_tokenization_spaces": False,
         },
-        "special_tokens_map.json": {"unk_token": UNK},
+        "special_tokens_map.json": special,
     }
     for name, content in files.items():
         atomic_write(out_dir / name, json.dumps(content, indent=2, ensure_ascii=False).encode())

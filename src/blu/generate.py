@@ -92,20 +92,23 @@ class TextGenerator:
         return options, generator, ids
 
     def generate(self, prompt: str = "", max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, seed: int | None = None,
-                 stop: list[str] = (), **controls):
+                 stop: list[str] = (), stop_at_end: bool = True, **controls):
         """An iterator over pieces of text continuing `prompt` (which is not repeated).
 
         `controls` are the fields of SamplingOptions (temperature, top_k, top_p, min_p,
         repetition_penalty, repetition_window); generation ends early at any of the
-        `stop` strings, which are not included. Prompt characters outside the vocabulary
-        are dropped (see `unknown_chars`). Bad values raise BluError here, not at the first piece."""
+        `stop` strings, which are not included, and (`stop_at_end`) at the tokenizer's
+        end-of-text token, where it has one. Prompt characters outside the vocabulary are
+        dropped (see `unknown_chars`). Bad values raise BluError here, not at the first piece."""
         options, generator, ids = self._prepare(prompt, max_new_tokens, seed, controls)
         tokens = stream_tokens(self.model, ids, max_new_tokens, options, generator, self.tokenizer.unk_id)
-        return self._text(tokens, StopStrings(stop))
+        return self._text(tokens, StopStrings(stop), self.tokenizer.end_id if stop_at_end else None)
 
-    def _text(self, tokens, stops: StopStrings):
+    def _text(self, tokens, stops: StopStrings, end_id: int | None):
         text = self.tokenizer.stream_decoder()
         for token in tokens:
+            if token == end_id:
+                break
             piece = stops.feed(text.feed(token))
             if piece:
                 yield piece
@@ -115,7 +118,7 @@ class TextGenerator:
             yield rest
 
     def generate_many(self, prompt: str = "", num_samples: int = 1, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-                      seed: int | None = None, stop: list[str] = (), **controls) -> list[str]:
+                      seed: int | None = None, stop: list[str] = (), stop_at_end: bool = True, **controls) -> list[str]:
         """`num_samples` continuations of one prompt, computed together as a batch."""
         if num_samples < 1:
             raise BluError(f"num-samples must be at least 1, got {num_samples}")
@@ -125,10 +128,14 @@ class TextGenerator:
         filters = [StopStrings(stop) for _ in range(num_samples)]
         texts = [""] * num_samples
         choose = sampler(options, generator, self.tokenizer.unk_id)
+        end_id = self.tokenizer.end_id if stop_at_end else None
+        ended = [False] * num_samples
         for tokens in decode(self.model, prompt_tensor, max_new_tokens, choose, options.repetition_window):
             for row, token in enumerate(tokens.tolist()):
-                texts[row] += filters[row].feed(decoders[row].feed(token))
-            if all(f.stopped for f in filters):
+                ended[row] = ended[row] or token == end_id
+                if not ended[row]:
+                    texts[row] += filters[row].feed(decoders[row].feed(token))
+            if all(e or f.stopped for e, f in zip(ended, filters)):
                 break
         return [text + f.feed(d.flush()) + f.flush() for text, f, d in zip(texts, filters, decoders)]
 

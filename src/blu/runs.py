@@ -15,6 +15,7 @@ read and written by checkpoint.py."""
 
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -22,7 +23,7 @@ import torch
 from . import __version__
 from .checkpoint import atomic_write, clear_run, load_weights, read_json, write_json
 from .config import PRESETS, ModelConfig, TrainConfig, configs_for, from_dict, to_dict
-from .data import load_text, sha256_of, split
+from .data import VAL_FRACTION, load_text, sha256_of, split
 from .device import pick_device
 from .errors import BluError
 from .model import Transformer
@@ -42,6 +43,7 @@ class Run:
     tokenizer: Tokenizer
     train_tokens: np.ndarray
     val_tokens: np.ndarray
+    val_bytes: np.ndarray  # the UTF-8 bytes each validation token stands for (bits per byte)
     resumed: bool = False  # go on from the state saved in last/ (from step 0 if there is none)
 
 
@@ -50,12 +52,17 @@ def holds_run(folder) -> bool:
 
 
 def create_run(out=None, data=None, preset: str | None = None, overrides: dict | None = None,
-               iters: int | None = None, time_s: float | None = None, force: bool = False, device=None) -> Run:
+               iters: int | None = None, time_s: float | None = None, force: bool = False, device=None,
+               tokenizer: str | None = None, vocab_size: int | None = None, tokenizer_from=None,
+               val_fraction: float | None = None) -> Run:
     """A new run in `out` (default runs/<name of the data file>) on the text file `data` (None:
     tiny Shakespeare): the configuration of `preset` (default: gpu on CUDA, cpu otherwise, by
     `device`, default this machine's) with `overrides` (ModelConfig and TrainConfig field names;
     None keeps the preset's value) and the budget `iters` steps or `time_s` seconds (neither: the
     preset's steps). A folder that holds a run is refused unless `force`, which replaces it.
+    The tokenizer is a new one of kind `tokenizer` (char by default; `vocab_size` for bpe),
+    built from the training part of the text only, or the one in `tokenizer_from` (a run folder
+    or a tokenizer.json). The final `val_fraction` of the text is for validation.
     Writes config.json and tokenizer.json; nothing is written if anything is wrong."""
     _check_budget(iters, time_s)
     overrides = overrides or {}
@@ -71,31 +78,42 @@ def create_run(out=None, data=None, preset: str | None = None, overrides: dict |
         preset = "gpu" if (torch.device(device) if device else pick_device("auto")).type == "cuda" else "cpu"
     if preset not in PRESETS:
         raise BluError(f"preset must be one of {', '.join(sorted(PRESETS))}, got {preset!r}")
-    tokenizer = build_tokenizer("char", text)
-    model_config, train_config = configs_for(preset, overrides, tokenizer.vocab_size, iters, time_s)
-    train_tokens, val_tokens = _split(text, tokenizer, model_config.context, path)
-    meta = {"blu_version": __version__, "format": FORMAT, "preset": preset,
+    val_fraction = VAL_FRACTION if val_fraction is None else val_fraction
+    train_text, val_text = split(text, 1, str(path), val_fraction)  # the context's own check comes below
+    if tokenizer_from is not None:
+        if tokenizer is not None or vocab_size is not None:
+            raise BluError("--tokenizer-from reuses a tokenizer: give it without --tokenizer or --vocab-size")
+        tokens_of = read_tokenizer(tokenizer_from)
+    else:
+        tokens_of = build_tokenizer(tokenizer or "char", train_text, vocab_size)
+    model_config, train_config = configs_for(preset, overrides, tokens_of.vocab_size, iters, time_s)
+    train_tokens, val_tokens, val_bytes = _split(text, tokens_of, model_config.context, path, val_fraction)
+    meta = {"blu_version": __version__, "format": FORMAT, "preset": preset, "tokenizer": tokens_of.kind,
             "model": to_dict(model_config), "train": to_dict(train_config),
             "data": {"path": str(path.resolve()) if data else None, "sha256": sha256_of(text.encode("utf-8")),
-                     "chars": len(text)}}
+                     "chars": len(text), "val_fraction": val_fraction,
+                     "validation": {"from_char": len(train_text), "chars": len(val_text),
+                                    "sha256": sha256_of(val_text.encode("utf-8"))}}}
     if force:
         clear_run(folder)
     write_json(folder / "config.json", meta)
-    atomic_write(folder / "tokenizer.json", tokenizer.to_json().encode())
-    return Run(folder, meta, model_config, train_config, tokenizer, train_tokens, val_tokens)
+    atomic_write(folder / "tokenizer.json", tokens_of.to_json().encode())
+    return Run(folder, meta, model_config, train_config, tokens_of, train_tokens, val_tokens, val_bytes)
 
 
 def resume_run(out, iters: int | None = None, time_s: float | None = None, data=None, preset: str | None = None,
-               overrides: dict | None = None, force: bool = False) -> Run:
+               overrides: dict | None = None, force: bool = False, **text_settings) -> Run:
     """The run in `out`, to go on from its last saved state with the data and configuration it
     was created with. `iters` and `time_s`, when either is given, replace its budget (a new total,
     not more on top). Nothing else may change: `data`, `preset`, `overrides` (values other than
-    None) and `force`, which `create_run` takes, are refused here (the command line passes them on
-    as the user gave them, so that the error names each)."""
+    None), `force` and the tokenizer and split settings (`text_settings`), which `create_run`
+    takes, are refused here (the command line passes them on as the user gave them, so that the
+    error names each)."""
     _check_budget(iters, time_s)
     if not out:
         raise BluError("--resume needs --out, the run folder to continue")
-    given = [name for name, value in {"data": data, "preset": preset, **(overrides or {})}.items() if value is not None]
+    settings = {"data": data, "preset": preset, **(overrides or {}), **text_settings}
+    given = [name for name, value in settings.items() if value is not None]
     if given or force:
         flags = ", ".join("--" + name.replace("_", "-") for name in given + (["force"] if force else []))
         raise BluError(f"--resume continues the run as it was configured; only --iters and --time may change (not {flags})")
@@ -105,8 +123,8 @@ def resume_run(out, iters: int | None = None, time_s: float | None = None, data=
         train_config = replace(train_config, iters=iters or 0, time_s=time_s or 0.0)
     train_config.validate()
     text, path = _training_text(meta)
-    train_tokens, val_tokens = _split(text, tokenizer, model_config.context, path)
-    return Run(folder, meta, model_config, train_config, tokenizer, train_tokens, val_tokens, resumed=True)
+    train_tokens, val_tokens, val_bytes = _split(text, tokenizer, model_config.context, path, _val_fraction(meta))
+    return Run(folder, meta, model_config, train_config, tokenizer, train_tokens, val_tokens, val_bytes, resumed=True)
 
 
 def load_config(folder) -> tuple[dict, ModelConfig, TrainConfig, Tokenizer]:
@@ -120,10 +138,9 @@ def load_config(folder) -> tuple[dict, ModelConfig, TrainConfig, Tokenizer]:
             f"{folder} was written by blu {meta.get('blu_version', '?') if isinstance(meta, dict) else '?'} "
             f"in a format this blu ({__version__}) cannot read"
         )
-    try:
-        tokenizer = tokenizer_from_json((folder / "tokenizer.json").read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise BluError(f"{folder} is not a blu run folder: tokenizer.json is missing") from None
+    if not (folder / "tokenizer.json").exists():
+        raise BluError(f"{folder} is not a blu run folder: tokenizer.json is missing")
+    tokenizer = read_tokenizer(folder)
     model_config = from_dict(ModelConfig, meta.get("model"))
     model_config.validate()
     if model_config.vocab_size != tokenizer.vocab_size:
@@ -139,20 +156,41 @@ def load_run(folder, device="cpu") -> tuple[dict, Transformer, Tokenizer]:
     return meta, model.to(device).eval(), tokenizer
 
 
-def validation_tokens(meta: dict, tokenizer: Tokenizer, context: int) -> np.ndarray:
+class ScoredText(NamedTuple):
+    """A text to evaluate, encoded: its tokens, the bytes each stands for, and how many of its
+    characters the vocabulary lacks (scored as unknown)."""
+
+    tokens: np.ndarray
+    byte_lengths: np.ndarray
+    unknown: int
+
+
+def validation_text(meta: dict, tokenizer: Tokenizer, context: int) -> ScoredText:
     """The validation split of the text a run was trained on (`meta`: its config.json)."""
     text, path = _training_text(meta)
-    return _split(text, tokenizer, context, path)[1]
+    _, val_text = split(text, context, str(path), _val_fraction(meta))
+    return _encode_validation(val_text, tokenizer)
 
 
-def file_tokens(path, tokenizer: Tokenizer) -> tuple[np.ndarray, int]:
-    """The tokens of another text file, to score it, and how many of its characters the
-    vocabulary lacks (they are scored as unknown)."""
+def file_text(path, tokenizer: Tokenizer) -> ScoredText:
+    """Another text file, to score it as it is (no end-of-text is added)."""
     text, _ = load_text(path)
     tokens, n_unknown = tokenizer.encode_array(text)
     if len(tokens) < 2:
-        raise BluError(f"{path} is too short to score: it needs at least 2 characters")
-    return tokens, n_unknown
+        raise BluError(f"{path} is too short to score: it needs at least 2 tokens")
+    return ScoredText(tokens, tokenizer.byte_lengths(text, tokens), n_unknown)
+
+
+def read_tokenizer(source) -> Tokenizer:
+    """The tokenizer of a run folder, or of a tokenizer.json file (blu's or a native `tokenizers` one)."""
+    path = Path(source)
+    path = path / "tokenizer.json" if path.is_dir() else path
+    try:
+        return tokenizer_from_json(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BluError(f"{path}: no such tokenizer file") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise BluError(f"{path}: cannot read ({error})") from None
 
 
 def _check_budget(iters, time_s) -> None:
@@ -170,6 +208,29 @@ def _training_text(meta: dict) -> tuple[str, Path]:
     return load_text(data["path"], data["sha256"])
 
 
-def _split(text: str, tokenizer: Tokenizer, context: int, path: Path) -> tuple[np.ndarray, np.ndarray]:
-    tokens, _ = tokenizer.encode_array(text)
-    return split(tokens, context, str(path))
+def _val_fraction(meta: dict) -> float:
+    fraction = meta["data"].get("val_fraction", VAL_FRACTION)  # runs from before it was a choice: 10%
+    if not isinstance(fraction, float):
+        raise BluError("config.json: data.val_fraction should be a number")
+    return fraction
+
+
+def _encode_validation(val_text: str, tokenizer: Tokenizer) -> ScoredText:
+    tokens, unknown = tokenizer.encode_array(val_text)
+    lengths = tokenizer.byte_lengths(val_text, tokens)
+    if tokenizer.end_id is not None:  # the text is one document, and it ends here
+        tokens = np.append(tokens, np.array([tokenizer.end_id], dtype=tokens.dtype))
+        lengths = np.append(lengths, 0)
+    return ScoredText(tokens, lengths, unknown)
+
+
+def _split(text: str, tokenizer: Tokenizer, context: int, path: Path, fraction: float):
+    """Training tokens, validation tokens and the bytes of each validation token. The text is cut
+    before it is tokenized, so every tokenizer scores the same validation text."""
+    train_text, val_text = split(text, context, str(path), fraction)
+    train_tokens, _ = tokenizer.encode_array(train_text)
+    if len(train_tokens) < context + 1:
+        raise BluError(f"{path} is too short for a context of {context}: its training text is {len(train_tokens)} "
+                       "tokens; give more text or a smaller --context")
+    val = _encode_validation(val_text, tokenizer)
+    return train_tokens, val.tokens, val.byte_lengths

@@ -2,7 +2,9 @@
 
 Every tokenizer turns text into ids and back, encodes a whole corpus into a
 numpy array, decodes a stream of ids incrementally (a character may span
-tokens), and says which ids generation must never emit. Today blu has one kind:
+tokens), says how many bytes of text each token of an encoded text stands for
+(for bits per byte), and which ids generation must never emit or stops at.
+`byte` and `bpe` are in bytelevel.py; this file holds the interface and:
 
 `char`: one token per Unicode character of the training text. Token 0 is
 reserved for `<unk>`, which stands for any character the training text did not
@@ -21,7 +23,8 @@ import numpy as np
 from .errors import BluError
 
 UNK = "<unk>"
-KINDS = ("char",)
+DEFAULT_BPE_VOCAB_SIZE = 4096
+KINDS = ("char", "byte", "bpe")
 
 
 class Tokenizer(ABC):
@@ -30,6 +33,7 @@ class Tokenizer(ABC):
     kind: str
     vocab_size: int
     unk_id: int | None = None  # stands for unknown text; never generated, dropped from prompts
+    end_id: int | None = None  # the end-of-text token after each document; generation stops at it
 
     @abstractmethod
     def encode(self, text: str) -> list[int]:
@@ -39,6 +43,11 @@ class Tokenizer(ABC):
     def encode_array(self, text: str) -> tuple[np.ndarray, int]:
         """Token ids of `text` as the smallest unsigned dtype that holds them, and how many
         characters were unknown (scored as `unk_id`)."""
+
+    @abstractmethod
+    def byte_lengths(self, text: str, ids: np.ndarray) -> np.ndarray:
+        """For `ids`, the encoding of `text`: how many UTF-8 bytes of it each token stands for
+        (an unknown character: its own bytes; the end-of-text token: 0)."""
 
     @abstractmethod
     def decode(self, ids) -> str:
@@ -113,6 +122,10 @@ class CharTokenizer(Tokenizer):
     def encode(self, text: str) -> list[int]:
         return [self.stoi.get(c, 0) for c in text]
 
+    def byte_lengths(self, text: str, ids: np.ndarray) -> np.ndarray:
+        codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)  # one token per character
+        return 1 + (codes >= 0x80).astype(np.int64) + (codes >= 0x800) + (codes >= 0x10000)
+
     def unknown_chars(self, text: str) -> list[str]:
         return sorted({c for c in text if c not in self.stoi})
 
@@ -136,19 +149,33 @@ class CharTokenizer(Tokenizer):
         return cls(data["chars"])
 
 
-def build_tokenizer(kind: str, text: str) -> Tokenizer:
-    """A new tokenizer of `kind` whose vocabulary comes from the training text."""
+def build_tokenizer(kind: str, text: str, vocab_size: int | None = None) -> Tokenizer:
+    """A new tokenizer of `kind` whose vocabulary comes from `text`, the training text
+    (`vocab_size`: the size of a bpe vocabulary, the only kind that has a choice)."""
+    from . import bytelevel
+
+    if kind not in KINDS:
+        raise BluError(f"tokenizer must be one of {', '.join(KINDS)}, got {kind!r}")
+    if vocab_size is not None and kind != "bpe":
+        raise BluError(f"vocab-size is for --tokenizer bpe; a {kind} vocabulary comes from what it is")
     if kind == "char":
         return CharTokenizer.from_text(text)
-    raise BluError(f"tokenizer must be one of {', '.join(KINDS)}, got {kind!r}")
+    if kind == "byte":
+        return bytelevel.byte_tokenizer()
+    return bytelevel.train_bpe(text, vocab_size or DEFAULT_BPE_VOCAB_SIZE)
 
 
 def tokenizer_from_json(text: str) -> Tokenizer:
-    """The tokenizer a tokenizer.json holds, by its type."""
+    """The tokenizer a tokenizer.json holds: blu's own char format, or a native Hugging Face
+    `tokenizers` file (byte and bpe)."""
+    from . import bytelevel
+
     try:
         data = json.loads(text)
     except ValueError as error:
         raise BluError(f"tokenizer.json is not valid JSON ({error})") from None
-    if not isinstance(data, dict) or data.get("type") not in KINDS:
-        raise BluError("tokenizer.json is not a blu tokenizer this version can read")
-    return CharTokenizer.from_dict(data)
+    if isinstance(data, dict) and data.get("type") == "char":
+        return CharTokenizer.from_dict(data)
+    if isinstance(data, dict) and isinstance(data.get("model"), dict) and data["model"].get("type") == "BPE":
+        return bytelevel.from_native_json(text)
+    raise BluError("tokenizer.json is not a blu tokenizer this version can read")
