@@ -219,7 +219,7 @@ def build_app(settings: ServerSettings, engine: Engine, template: ChatTemplate) 
 
     async def training_data(request: Request):
         since = request.query_params.get("since", "0")
-        return JSONResponse(training.read(int(since) if since.isdigit() else 0))
+        return JSONResponse({**training.read(int(since) if since.isdigit() else 0), "ready": engine.ready})
 
     async def page(request: Request):
         return FileResponse(STATIC / "index.html", headers=PAGE_HEADERS)

@@ -1,7 +1,7 @@
 // Talking to the server: the key (asked for when the server wants one), JSON calls, and
 // OpenAI's server-sent events read from a fetch body, so Stop can abort them.
 "use strict";
-const blu = { key: localStorage.getItem("blu-key") || "", model: null, info: null };
+const blu = { key: localStorage.getItem("blu-key") || "", model: null, info: null, tabChosen: false };
 
 function headers() {
   const h = { "Content-Type": "application/json" };
@@ -67,9 +67,8 @@ async function stream(path, body, signal, onChunk) {
 async function loadModel() {
   const status = document.getElementById("status");
   try {
-    const health = await fetch("/health").then((r) => r.json());
-    status.textContent = health.status === "ok" ? "" : "waiting for the first saved weights…";
-    if (health.api_key_required && !blu.key) { askForKey(); return; }
+    // Not /health: it answers 503 until the first weights, which the browser reports as an error.
+    // Whether the weights are there comes with the training view's data (training.js).
     const models = await getJSON("/v1/models");
     blu.info = models.data[0];
     blu.model = blu.info.id;
@@ -81,7 +80,7 @@ async function loadModel() {
 }
 
 for (const tab of document.querySelectorAll(".tab")) {
-  tab.addEventListener("click", () => showTab(tab.dataset.tab));
+  tab.addEventListener("click", () => { blu.tabChosen = true; showTab(tab.dataset.tab); });
 }
 
 function showTab(name) {

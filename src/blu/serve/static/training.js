@@ -1,6 +1,6 @@
 // The training tab: polls /api/training every 2 s for new metrics.jsonl rows and draws the
 // train and validation loss against the step on a canvas, with tokens/s, time left and the
-// samples written at each evaluation. It opens first when the run is training now.
+// samples written at each evaluation. It opens by itself when the run is training.
 "use strict";
 const training = { rows: [], next: 0, timer: null, opened: false };
 
@@ -76,11 +76,15 @@ async function poll() {
     if (data.reset) training.rows = [];
     training.rows.push(...data.rows);
     training.next = data.next;
+    document.getElementById("status").textContent = data.ready ? "" : "waiting for the first saved weights…";
     drawChart();
     showStats(data.progress);
     showSamples(data.samples);
-    if (!training.opened && data.progress.training) showTab("training");
-    training.opened = true;
+    // A run that is training opens this tab by itself, once, unless the user has picked a tab.
+    if (!training.opened && !blu.tabChosen && data.progress.training) {
+      showTab("training");
+      training.opened = true;
+    }
   } catch (e) {
     document.getElementById("trainstats").textContent = e.message;
   }

@@ -1,0 +1,132 @@
+"""The playground and the training view in headless Chromium (Debian's `chromium`, driven by
+playwright): type, Generate, the text grows, Stop; probabilities; chat; a run being trained
+updating live. No console errors, and no request leaves the server."""
+
+from pathlib import Path
+import shutil
+import subprocess
+import time
+
+import httpx
+import pytest
+from serve_support import Server, corpus, train_command, train_tiny
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    playwright = pytest.importorskip("playwright.sync_api")
+    if not Path(CHROMIUM).exists():
+        pytest.skip("chromium is not installed (apt-get install chromium; .ci/run does)")
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield browser
+        browser.close()
+
+
+class Watched:
+    """A page with its console errors and the URLs it requested."""
+
+    def __init__(self, browser, base_url: str):
+        self.page = browser.new_page()
+        self.errors, self.urls, self.base_url = [], [], base_url
+        self.page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
+        self.page.on("pageerror", lambda e: self.errors.append(str(e)))
+        self.page.on("request", lambda r: self.urls.append(r.url))
+        self.page.goto(base_url + "/")
+
+    def check_clean(self):
+        assert self.errors == []
+        assert self.urls and all(url.startswith(self.base_url + "/") for url in self.urls), self.urls
+
+
+def wait_for(condition, timeout=30.0, what="", every=0.1):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not in {timeout} s: {what}")
+        time.sleep(every)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, shakespeare):
+    folder = tmp_path_factory.mktemp("serve-page")
+    server = Server(train_tiny(corpus(folder, shakespeare), folder / "shakes"))
+    yield server
+    server.stop()
+
+
+def test_generate_grows_the_text_and_stop_stops_it(browser, server):
+    watched = Watched(browser, server.url)
+    page = watched.page
+    page.fill("#text", "ROMEO:")
+    page.locator("#c-max_tokens").fill("2000")
+    page.fill("#seed", "3")
+    page.click("#generate")
+    length = lambda: len(page.input_value("#text"))  # noqa: E731
+    wait_for(lambda: length() > 40)
+    first = length()
+    wait_for(lambda: length() > first + 20)  # it keeps growing in place
+    page.click("#stop")
+    wait_for(lambda: page.is_enabled("#generate"))
+    stopped = length()
+    assert stopped < len("ROMEO:") + 2000
+    time.sleep(0.5)
+    assert length() == stopped
+    assert server.wait_idle(5)["active_requests"] == 0  # Stop closed the stream, and the server stopped computing
+    assert page.input_value("#text").startswith("ROMEO:")
+    page.fill("#text", page.input_value("#text") + "\nJULIET:")  # editable: the next Generate continues the edit
+    watched.check_clean()
+
+
+def test_probability_view_and_chat(browser, server):
+    watched = Watched(browser, server.url)
+    page = watched.page
+    page.locator("#c-max_tokens").fill("30")
+    page.check("#probs")
+    page.click("#generate")
+    wait_for(lambda: page.locator("#probview span").count() == 30 and page.is_enabled("#generate"))
+    title = page.locator("#probview span").first.get_attribute("title")
+    assert "%" in title and "alternatives" in title
+    page.click("button[data-tab=chat]")
+    page.fill("#chatinput", "Good morrow")
+    page.click("#send")
+    wait_for(lambda: page.locator(".msg").count() == 2 and page.is_enabled("#send"))
+    assert page.locator(".msg").first.inner_text() == "user: Good morrow"
+    assert page.locator(".msg").nth(1).inner_text().startswith("assistant:")
+    watched.check_clean()
+
+
+def test_training_view_updates_while_a_run_trains(browser, tmp_path, shakespeare):
+    """`blu serve` on a run being trained: 503 until the first weights, then the page's training
+    view shows new steps and samples without a reload, and the engine picks up newer weights."""
+    out = tmp_path / "live"
+    training = subprocess.Popen(train_command(corpus(tmp_path, shakespeare), out, 400, 20),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = None
+    try:
+        wait_for(lambda: (out / "config.json").exists() and (out / "tokenizer.json").exists(), 60)
+        server = Server(out, wait_ready=False)
+        if server.health()["status"] == "loading":
+            refused = httpx.post(server.url + "/v1/completions", json={"prompt": "A"}, timeout=10)
+            assert refused.status_code == 503 and refused.json()["error"]["code"] == "model_not_ready"
+            assert refused.headers["retry-after"]
+        watched = Watched(browser, server.url)
+        page = watched.page
+        wait_for(lambda: page.is_visible("#training"), 60, "the training tab opens")  # opens by itself: the run is training
+        step = lambda: int(page.inner_text("#t-step")) if page.inner_text("#t-step").isdigit() else 0  # noqa: E731
+        wait_for(lambda: step() > 0, 60, "a step shown")
+        seen = step()
+        wait_for(lambda: step() > seen, 60, "a later step shown")
+        wait_for(lambda: page.locator(".sample").count() >= 2, 90, "two samples shown")
+        assert page.inner_text("#t-state") == "training"
+        wait_for(lambda: server.health()["weights_reloaded"] >= 1, 60, "newer weights loaded")
+        watched.check_clean()
+    finally:
+        training.terminate()
+        training.wait(30)
+        if server:
+            server.stop()
