@@ -2,12 +2,13 @@
 picked up between requests, and a failure inside the engine reaching a streaming client as an
 error event (the only way once the 200 has been sent)."""
 
+import subprocess
 import threading
 import time
 
 import openai
 import pytest
-from serve_support import corpus, free_port, train_tiny
+from serve_support import corpus, free_port, train_command, train_tiny
 import torch
 
 import blu
@@ -37,7 +38,7 @@ class Collector:
     """A job's events, gathered from the engine thread."""
 
     def __init__(self, n=1, after=None):
-        self.texts, self.reasons, self.count = [""] * n, [None] * n, 0
+        self.texts, self.reasons, self.tokens, self.count = [""] * n, [None] * n, [0] * n, 0
         self.done, self.after = threading.Event(), after
 
     def __call__(self, event):
@@ -48,6 +49,7 @@ class Collector:
                 self.after(self.count)
         elif isinstance(event, Finish):
             self.reasons[event.index] = event.reason
+            self.tokens[event.index] = event.completion_tokens
             if None not in self.reasons:
                 self.done.set()
 
@@ -145,4 +147,29 @@ def test_failure_after_streaming_started_is_an_error_event(run):
     finally:
         server.should_exit = True
         thread.join(10)
+        engine.stop()
+
+
+def test_byte_run_ends_at_end_of_text(tmp_path, shakespeare):
+    """A byte-level run: the engine stops a choice at the end-of-text token, as `blu generate`
+    does (finish_reason "stop"), and streams only whole characters."""
+    data = corpus(tmp_path, shakespeare, 20_000)
+    out = tmp_path / "bytes"
+    subprocess.run(train_command(data, out, 10, 10) + ["--tokenizer", "byte"], check=True, capture_output=True, timeout=300)
+    engine = Engine(out, "cpu", capacity=4, max_queue=4)
+    engine.start()
+    try:
+        ended = False
+        for seed in range(10):  # until one choice ends at end-of-text (a tiny model writes it early)
+            new, texts = job(engine, "ROMEO: ☃", 300, seed)
+            engine.submit(new)
+            assert texts.done.wait(60)
+            reference = "".join(blu.load(out).generate("ROMEO: ☃", 300, seed=seed, temperature=0.9, top_p=0.95))
+            assert texts.texts[0] == reference
+            assert (texts.reasons[0] == "stop") == (texts.tokens[0] < 300)
+            if texts.reasons[0] == "stop":
+                ended = True
+                break
+        assert ended, "no choice ended at the end-of-text token"
+    finally:
         engine.stop()

@@ -88,6 +88,7 @@ class Choice:
         seed = secrets.randbits(63) if job.seed is None else job.seed + index
         self.generator = torch.Generator(device=device).manual_seed(seed)
         self.text = tokenizer.stream_decoder()
+        self.end_id = tokenizer.end_id  # the end-of-text token (byte and bpe runs): the text is over
         self.stops = StopStrings(job.stop)
         self.pending: deque[tuple[str, TokenInfo | None]] = deque()  # pieces the stop strings hold back
         self.generated = 0
@@ -95,15 +96,18 @@ class Choice:
     def advance(self, token: int, info: TokenInfo | None) -> bool:
         """Take the next token and send what became safe to show; True when the choice is done."""
         self.generated += 1
-        piece = self.text.feed(token)
-        self.pending.append((piece, info))
+        ended = token == self.end_id  # as TextGenerator.generate: the end token is counted, never shown
+        piece = "" if ended else self.text.feed(token)
+        if not ended:
+            self.pending.append((piece, info))
         shown = self.stops.feed(piece)
-        done = self.stops.stopped or self.generated >= self.job.max_tokens
+        done = ended or self.stops.stopped or self.generated >= self.job.max_tokens
         if done and not self.stops.stopped:
             shown += self.stops.feed(self.text.flush()) + self.stops.flush()
         self._send(shown)
         if done:
-            self.job.send(Finish(self.index, "stop" if self.stops.stopped else "length", self.generated))
+            reason = "stop" if self.stops.stopped or ended else "length"
+            self.job.send(Finish(self.index, reason, self.generated))
         return done
 
     def _send(self, shown: str) -> None:
