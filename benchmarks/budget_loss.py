@@ -31,7 +31,9 @@ def run_budget(seconds: float, preset: str | None, extra: list[str], data: str |
         rows = [json.loads(line) for line in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
         evals = [r for r in rows if "val_loss" in r]
         last = rows[-1]
-        return {"budget_s": seconds, "val_loss": min(r["val_loss"] for r in evals), "val_bpc": min(r["val_bpc"] for r in evals),
+        bpb = [r["val_bpb"] for r in evals if "val_bpb" in r]  # blu before bits per byte has none
+        return {"budget_s": seconds, "val_loss": min(r["val_loss"] for r in evals),
+                **({"val_bpb": min(bpb)} if bpb else {"val_bpc": min(r["val_bpc"] for r in evals)}),
                 "steps": last["step"], "tokens": last["tokens"], "train_tokens_per_s": last["tokens"] / last["elapsed_s"],
                 "peak_rss_mb": usage.ru_maxrss / 1024}
 

@@ -74,7 +74,15 @@ def build_parser() -> argparse.ArgumentParser:
     fmt = HelpFormatter
 
     train = commands.add_parser("train", help="train a model (tiny Shakespeare by default)", formatter_class=fmt)
-    train.add_argument("--data", help="UTF-8 text file to train on (default: tiny Shakespeare, downloaded once)")
+    train.add_argument("--data", help="a UTF-8 text file, or a folder, .jsonl, .parquet or .gz of them, to train on "
+                                      "(default: tiny Shakespeare, downloaded once)")
+    train.add_argument("--val-data", help="validate on this text (file or corpus) instead of a share of --data")
+    train.add_argument("--ext", action="append", metavar="SUFFIX",
+                       help="in a --data folder, read only files ending in SUFFIX (repeatable; default: every file)")
+    train.add_argument("--text-field", help="the JSONL field or Parquet column holding the text (default: text)")
+    train.add_argument("--skip-bad-files", action="store_true", default=None,
+                       help="leave out files that are not UTF-8 text (or bad JSONL/Parquet), listing them, "
+                            "instead of refusing the corpus")
     train.add_argument("--out", help="run folder (default: runs/<name of the data file>)")
     train.add_argument("--preset", choices=sorted(PRESETS), help="configuration (default: gpu on CUDA, cpu otherwise)")
     train.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
@@ -153,7 +161,8 @@ def cmd_train(args) -> int:
         raise world.error(str(error)) from None  # the same on every rank
     overrides = {"seed": args.seed, **{f.name: getattr(args, f.name) for f in knobs(ModelConfig) + knobs(TrainConfig)}}
     settings = dict(data=args.data, preset=args.preset, overrides=overrides, force=args.force, tokenizer=args.tokenizer,
-                    vocab_size=args.vocab_size, tokenizer_from=args.tokenizer_from, val_fraction=args.val_fraction)
+                    vocab_size=args.vocab_size, tokenizer_from=args.tokenizer_from, val_fraction=args.val_fraction,
+                    val_data=args.val_data, ext=args.ext, text_field=args.text_field, skip_bad_files=args.skip_bad_files)
     with world.process_group(device):
         run = open_run(world, args.resume, args.out, args.iters, args.time, device=device, **settings)
         model_config, train_config = run.model_config, run.train_config
@@ -161,6 +170,8 @@ def cmd_train(args) -> int:
         budget_text = " and ".join(filter(None, [f"{train_config.iters} steps" if train_config.iters else "",
                                                  f"{train_config.time_s:g} s" if train_config.time_s else ""]))
         where = f"{world.size} processes on {device.type}" if world.distributed else device.type
+        if world.main and run.skipped:
+            say(f"blu: left out {len(run.skipped)} bad files (--skip-bad-files): {'; '.join(run.skipped)}")
         if world.main:  # under torchrun, rank 0 alone talks
             say(f"blu {__version__}: {run.meta.get('preset', 'custom')} preset, {n_params / 1e6:.2f}M parameters, "
                 f"vocabulary {run.tokenizer.vocab_size}, {len(run.train_tokens):,} train / {len(run.val_tokens):,} "

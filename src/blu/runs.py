@@ -13,7 +13,7 @@ loading one to generate or evaluate. This module defines what config.json holds:
 tokenizer.json beside it holds the tokenizer (see tokenizer.py). The files themselves are
 read and written by checkpoint.py."""
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -23,7 +23,8 @@ import torch
 from . import __version__
 from .checkpoint import atomic_write, clear_run, load_weights, read_json, write_json
 from .config import PRESETS, ModelConfig, TrainConfig, configs_for, from_dict, to_dict
-from .data import VAL_FRACTION, load_text, sha256_of, split
+from .corpus import text_parts
+from .data import VAL_FRACTION, load_text, split
 from .device import pick_device
 from .errors import BluError
 from .model import Transformer
@@ -45,6 +46,7 @@ class Run:
     val_tokens: np.ndarray
     val_bytes: np.ndarray  # the UTF-8 bytes each validation token stands for (bits per byte)
     resumed: bool = False  # go on from the state saved in last/ (from step 0 if there is none)
+    skipped: list[str] = field(default_factory=list)  # bad files left out (--skip-bad-files), with the reason
 
 
 def holds_run(folder) -> bool:
@@ -54,22 +56,28 @@ def holds_run(folder) -> bool:
 def create_run(out=None, data=None, preset: str | None = None, overrides: dict | None = None,
                iters: int | None = None, time_s: float | None = None, force: bool = False, device=None,
                tokenizer: str | None = None, vocab_size: int | None = None, tokenizer_from=None,
-               val_fraction: float | None = None) -> Run:
-    """A new run in `out` (default runs/<name of the data file>) on the text file `data` (None:
-    tiny Shakespeare): the configuration of `preset` (default: gpu on CUDA, cpu otherwise, by
+               val_fraction: float | None = None, val_data=None, ext: list[str] | None = None,
+               text_field: str | None = None, skip_bad_files: bool | None = None) -> Run:
+    """A new run in `out` (default runs/<name of the data>) on `data` (None: tiny Shakespeare; a
+    text file, or a folder, JSONL, Parquet or gzip corpus read by corpus.py with `ext`,
+    `text_field` and `skip_bad_files`): the configuration of `preset` (default: gpu on CUDA, cpu otherwise, by
     `device`, default this machine's) with `overrides` (ModelConfig and TrainConfig field names;
     None keeps the preset's value) and the budget `iters` steps or `time_s` seconds (neither: the
     preset's steps). A folder that holds a run is refused unless `force`, which replaces it.
     The tokenizer is a new one of kind `tokenizer` (char by default; `vocab_size` for bpe),
     built from the training part of the text only, or the one in `tokenizer_from` (a run folder
-    or a tokenizer.json). The final `val_fraction` of the text is for validation.
+    or a tokenizer.json). A `val_fraction` of the text is for validation (see corpus.py), or all
+    of `val_data`.
     Writes config.json and tokenizer.json; nothing is written if anything is wrong."""
     _check_budget(iters, time_s)
     overrides = overrides or {}
     settable = {f.name for f in fields(ModelConfig) + fields(TrainConfig)} - {"vocab_size", "iters", "time_s"}
     if unknown := sorted(set(overrides) - settable):
         raise BluError(f"unknown settings: {', '.join(unknown)} (the budget is given as iters or time_s)")
-    text, path = load_text(data)
+    val_fraction = VAL_FRACTION if val_fraction is None else val_fraction
+    seed = overrides.get("seed") or TrainConfig.seed
+    parts, path, skipped = text_parts(data, val_fraction, seed, ext, text_field or "text", bool(skip_bad_files),
+                                      val_data=val_data)
     folder = Path(out or Path("runs") / path.stem)
     if holds_run(folder) and not force:
         raise BluError(f"{folder} already holds a run: add --resume to continue it, --force to replace it, "
@@ -78,27 +86,21 @@ def create_run(out=None, data=None, preset: str | None = None, overrides: dict |
         preset = "gpu" if (torch.device(device) if device else pick_device("auto")).type == "cuda" else "cpu"
     if preset not in PRESETS:
         raise BluError(f"preset must be one of {', '.join(sorted(PRESETS))}, got {preset!r}")
-    val_fraction = VAL_FRACTION if val_fraction is None else val_fraction
-    train_text, val_text = split(text, 1, str(path), val_fraction)  # the context's own check comes below
     if tokenizer_from is not None:
         if tokenizer is not None or vocab_size is not None:
             raise BluError("--tokenizer-from reuses a tokenizer: give it without --tokenizer or --vocab-size")
         tokens_of = read_tokenizer(tokenizer_from)
     else:
-        tokens_of = build_tokenizer(tokenizer or "char", train_text, vocab_size)
+        tokens_of = build_tokenizer(tokenizer or "char", "".join(parts.train), vocab_size)
     model_config, train_config = configs_for(preset, overrides, tokens_of.vocab_size, iters, time_s)
-    train_tokens, val_tokens, val_bytes = _split(text, tokens_of, model_config.context, path, val_fraction)
+    train_tokens, val = _encode_parts(parts, tokens_of, model_config.context, path)
     meta = {"blu_version": __version__, "format": FORMAT, "preset": preset, "tokenizer": tokens_of.kind,
-            "model": to_dict(model_config), "train": to_dict(train_config),
-            "data": {"path": str(path.resolve()) if data else None, "sha256": sha256_of(text.encode("utf-8")),
-                     "chars": len(text), "val_fraction": val_fraction,
-                     "validation": {"from_char": len(train_text), "chars": len(val_text),
-                                    "sha256": sha256_of(val_text.encode("utf-8"))}}}
+            "model": to_dict(model_config), "train": to_dict(train_config), "data": parts.record}
     if force:
         clear_run(folder)
     write_json(folder / "config.json", meta)
     atomic_write(folder / "tokenizer.json", tokens_of.to_json().encode())
-    return Run(folder, meta, model_config, train_config, tokens_of, train_tokens, val_tokens, val_bytes)
+    return Run(folder, meta, model_config, train_config, tokens_of, train_tokens, val.tokens, val.byte_lengths, skipped=skipped)
 
 
 def resume_run(out, iters: int | None = None, time_s: float | None = None, data=None, preset: str | None = None,
@@ -122,9 +124,10 @@ def resume_run(out, iters: int | None = None, time_s: float | None = None, data=
     if iters is not None or time_s is not None:  # a new budget replaces the saved one
         train_config = replace(train_config, iters=iters or 0, time_s=time_s or 0.0)
     train_config.validate()
-    text, path = _training_text(meta)
-    train_tokens, val_tokens, val_bytes = _split(text, tokenizer, model_config.context, path, _val_fraction(meta))
-    return Run(folder, meta, model_config, train_config, tokenizer, train_tokens, val_tokens, val_bytes, resumed=True)
+    parts, path, skipped = _training_text(meta, train_config.seed)
+    train_tokens, val = _encode_parts(parts, tokenizer, model_config.context, path)
+    return Run(folder, meta, model_config, train_config, tokenizer, train_tokens, val.tokens, val.byte_lengths,
+               resumed=True, skipped=skipped)
 
 
 def load_config(folder) -> tuple[dict, ModelConfig, TrainConfig, Tokenizer]:
@@ -166,10 +169,9 @@ class ScoredText(NamedTuple):
 
 
 def validation_text(meta: dict, tokenizer: Tokenizer, context: int) -> ScoredText:
-    """The validation split of the text a run was trained on (`meta`: its config.json)."""
-    text, path = _training_text(meta)
-    _, val_text = split(text, context, str(path), _val_fraction(meta))
-    return _encode_validation(val_text, tokenizer)
+    """The validation part of the text a run was trained on (`meta`: its config.json)."""
+    parts, path, _ = _training_text(meta, from_dict(TrainConfig, meta.get("train")).seed)
+    return _encode(parts.validation, tokenizer, ends=True)
 
 
 def file_text(path, tokenizer: Tokenizer) -> ScoredText:
@@ -200,37 +202,46 @@ def _check_budget(iters, time_s) -> None:
         raise BluError(f"duration must be positive, got {time_s!r}")
 
 
-def _training_text(meta: dict) -> tuple[str, Path]:
-    """The text a run was trained on, refused if it changed since."""
+def _training_text(meta: dict, seed: int):
+    """The parts of the text a run was trained on, read again as it was, refused if it changed."""
     data = meta.get("data")
-    if not (isinstance(data, dict) and isinstance(data.get("sha256"), str) and isinstance(data.get("path"), (str, type(None)))):
+    if not (isinstance(data, dict) and isinstance(data.get("path"), (str, type(None)))):
         raise BluError("config.json does not say which text the run was trained on (its data section is missing or damaged)")
-    return load_text(data["path"], data["sha256"])
-
-
-def _val_fraction(meta: dict) -> float:
-    fraction = meta["data"].get("val_fraction", VAL_FRACTION)  # runs from before it was a choice: 10%
+    fraction = data.get("val_fraction", VAL_FRACTION)  # runs from before it was a choice: 10%
     if not isinstance(fraction, float):
         raise BluError("config.json: data.val_fraction should be a number")
-    return fraction
+    explicit = data.get("kind") == "explicit validation"
+    source = data["train"] if explicit else data
+    return text_parts(source["path"], fraction, seed, source.get("ext"), source.get("text_field", "text"),
+                      source.get("skip_bad_files", False), expected=data,
+                      val_data=data["validation"]["path"] if explicit else None)
 
 
-def _encode_validation(val_text: str, tokenizer: Tokenizer) -> ScoredText:
-    tokens, unknown = tokenizer.encode_array(val_text)
-    lengths = tokenizer.byte_lengths(val_text, tokens)
-    if tokenizer.end_id is not None:  # the text is one document, and it ends here
-        tokens = np.append(tokens, np.array([tokenizer.end_id], dtype=tokens.dtype))
-        lengths = np.append(lengths, 0)
-    return ScoredText(tokens, lengths, unknown)
+def _encode(parts: list[str], tokenizer: Tokenizer, ends: bool) -> ScoredText:
+    """The tokens of consecutive parts of text, each followed (`ends`) by the end-of-text token
+    where the tokenizer has one; the bytes each token stands for; the unknown characters."""
+    tokens, lengths, unknown = [], [], 0
+    for part in parts:
+        ids, n_unknown = tokenizer.encode_array(part)
+        tokens.append(ids)
+        lengths.append(tokenizer.byte_lengths(part, ids))
+        unknown += n_unknown
+        if ends and tokenizer.end_id is not None:
+            tokens.append(np.array([tokenizer.end_id], dtype=tokenizer.dtype))
+            lengths.append(np.zeros(1, dtype=np.int64))
+    return ScoredText(np.concatenate(tokens).astype(tokenizer.dtype), np.concatenate(lengths), unknown)
 
 
-def _split(text: str, tokenizer: Tokenizer, context: int, path: Path, fraction: float):
-    """Training tokens, validation tokens and the bytes of each validation token. The text is cut
-    before it is tokenized, so every tokenizer scores the same validation text."""
-    train_text, val_text = split(text, context, str(path), fraction)
-    train_tokens, _ = tokenizer.encode_array(train_text)
-    if len(train_tokens) < context + 1:
-        raise BluError(f"{path} is too short for a context of {context}: its training text is {len(train_tokens)} "
+def _encode_parts(parts, tokenizer: Tokenizer, context: int, path: Path) -> tuple[np.ndarray, ScoredText]:
+    """Training tokens and the scored validation text. A plain file's training part is the start
+    of its one document (no end-of-text after it); its validation part ends the document."""
+    if "from_char" in parts.record.get("validation", {}):  # one file cut in two: the exact minimum, in characters
+        split(parts.train[0] + parts.validation[0], context, str(path), parts.record["val_fraction"])
+    train = _encode(parts.train, tokenizer, ends=parts.documents)
+    if len(train.tokens) < context + 1:
+        raise BluError(f"{path} is too short for a context of {context}: its training text is {len(train.tokens)} "
                        "tokens; give more text or a smaller --context")
-    val = _encode_validation(val_text, tokenizer)
-    return train_tokens, val.tokens, val.byte_lengths
+    validation = _encode(parts.validation, tokenizer, ends=True)
+    if len(validation.tokens) < 2:
+        raise BluError(f"{path}: the validation text is too short to score (fewer than 2 tokens)")
+    return train.tokens, validation

@@ -1,0 +1,109 @@
+"""Corpora of documents: folders, JSONL, Parquet and gzip read strictly, the split by document,
+end-of-text after each document, and a run that refuses a corpus changed under it."""
+
+import gzip
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from blu.corpus import read_documents, split_documents, text_parts
+from blu.errors import BluError
+from blu.runs import create_run, resume_run
+
+
+def plays(shakespeare, n=60) -> list[str]:
+    """n documents of a few hundred characters each."""
+    parts = shakespeare.read_text(encoding="utf-8").split("\n\n")
+    return ["\n\n".join(parts[i : i + 5]) for i in range(0, 5 * n, 5)]
+
+
+@pytest.fixture
+def folder(tmp_path, shakespeare):
+    root = tmp_path / "books"
+    (root / "sub").mkdir(parents=True)
+    (root / ".git").mkdir()
+    for i, text in enumerate(plays(shakespeare, 12)):
+        (root / ("sub" if i % 3 else "") / f"play{i:02}.txt").write_text(text, encoding="utf-8")
+    (root / "empty.txt").write_text("")
+    (root / "notes.md").write_text("# notes\nnot a play\n")
+    (root / ".git" / "index").write_bytes(b"\x00\x01 hidden files are left out")
+    return root
+
+
+def test_a_folder_is_every_file_below_it_in_sorted_order(folder):
+    corpus = read_documents(folder)
+    names = [f["path"] for f in corpus.files]
+    assert names == sorted(names) and "sub/play01.txt" in names and ".git/index" not in names
+    assert "empty.txt" in names and len(corpus.documents) == 13  # 12 plays and the notes; the empty file is no document
+    assert [f["path"] for f in read_documents(folder, ext=[".md"]).files] == ["notes.md"]
+
+
+def test_a_bad_file_is_named_with_the_reason_or_skipped_and_listed(folder):
+    (folder / "sub" / "latin1.txt").write_bytes("café".encode("latin-1"))
+    with pytest.raises(BluError, match=r"sub/latin1.txt is not UTF-8: invalid byte 0xe9 at offset 3.*--skip-bad-files"):
+        read_documents(folder)
+    corpus = read_documents(folder, skip_bad=True)
+    assert len(corpus.skipped) == 1 and "latin1.txt" in corpus.skipped[0] and len(corpus.documents) == 13
+
+
+def test_jsonl_parquet_and_gzip_give_the_same_documents(tmp_path, shakespeare):
+    documents = plays(shakespeare, 30)
+    lines = "".join(json.dumps({"id": i, "text": d}) + "\n" for i, d in enumerate(documents))
+    (tmp_path / "docs.jsonl").write_text(lines + "\n", encoding="utf-8")  # a blank line is no document
+    (tmp_path / "docs.jsonl.gz").write_bytes(gzip.compress(lines.encode("utf-8")))
+    pq.write_table(pa.table({"content": documents}), tmp_path / "docs.parquet", row_group_size=7)  # 5 row groups
+    (tmp_path / "play.txt.gz").write_bytes(gzip.compress(documents[0].encode("utf-8")))
+    assert read_documents(tmp_path / "docs.jsonl").documents == documents
+    assert read_documents(tmp_path / "docs.jsonl.gz").documents == documents
+    assert read_documents(tmp_path / "docs.parquet", text_field="content").documents == documents
+    assert read_documents(tmp_path / "play.txt.gz").documents == documents[:1]
+    with pytest.raises(BluError, match="has no column 'text'.*content"):
+        read_documents(tmp_path / "docs.parquet")
+    (tmp_path / "bad.jsonl").write_text('{"text": "fine"}\n{"title": "no text"}\n')
+    with pytest.raises(BluError, match="bad.jsonl: line 2 has no string field 'text'"):
+        read_documents(tmp_path / "bad.jsonl")
+    (tmp_path / "bad.jsonl").write_text('{"text": "fine"}\nnot json\n')
+    with pytest.raises(BluError, match="bad.jsonl: line 2 is not JSON"):
+        read_documents(tmp_path / "bad.jsonl")
+
+
+def test_the_split_by_document_does_not_move_when_documents_are_added(shakespeare):
+    documents = plays(shakespeare, 200)
+    train, validation = split_documents(documents[:100], 0.1, seed=7)
+    more_train, more_validation = split_documents(documents, 0.1, seed=7)
+    assert set(validation) <= set(more_validation) and set(train) <= set(more_train)
+    assert 2 <= len(validation) <= 25 and not set(train) & set(validation)
+    assert split_documents(documents[:100], 0.1, seed=8)[1] != validation  # the seed chooses
+    one, other = split_documents(documents[:2], 0.01, seed=7)
+    assert len(one) == len(other) == 1  # at least one document each way, even for a tiny fraction
+
+
+def test_a_bpe_run_on_a_folder_ends_each_document_and_refuses_a_changed_corpus(folder, tmp_path):
+    run = create_run(tmp_path / "run", folder, preset="cpu", iters=2, tokenizer="bpe", vocab_size=300, device="cpu",
+                     overrides=dict(dim=32, n_layer=1, n_head=2, context=32))
+    parts, _, _ = text_parts(folder, 0.1, run.train_config.seed)
+    end = run.tokenizer.end_id
+    assert int(np.sum(run.train_tokens == end)) == len(parts.train)  # one end-of-text after each training document
+    assert int(np.sum(run.val_tokens == end)) == len(parts.validation) >= 1
+    assert run.val_bytes[run.val_tokens == end].sum() == 0
+    assert int(run.val_bytes.sum()) == sum(len(d.encode("utf-8")) for d in parts.validation)
+    record = json.loads((tmp_path / "run" / "config.json").read_text())["data"]
+    assert record["kind"] == "documents" and record["validation"]["documents"] == len(parts.validation)
+    assert resume_run(tmp_path / "run").train_tokens.tolist() == run.train_tokens.tolist()
+    play = folder / "sub" / "play01.txt"
+    play.write_text(play.read_text() + "!")
+    with pytest.raises(BluError, match="has changed since this run was trained on it"):
+        resume_run(tmp_path / "run")
+
+
+def test_explicit_validation_data(folder, tmp_path, shakespeare):
+    held_out = tmp_path / "held_out.txt"
+    held_out.write_text(shakespeare.read_text(encoding="utf-8")[-5_000:], encoding="utf-8")
+    run = create_run(tmp_path / "run", folder, preset="cpu", iters=2, device="cpu", val_data=held_out,
+                     overrides=dict(dim=32, n_layer=1, n_head=2, context=32))
+    assert len(run.val_tokens) == 5_000  # char: the whole held-out file, one token per character
+    assert len(run.train_tokens) == sum(len(d) for d in read_documents(folder).documents)
+    assert resume_run(tmp_path / "run").val_tokens.tolist() == run.val_tokens.tolist()
