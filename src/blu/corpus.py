@@ -11,7 +11,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from .data import MAX_VALIDATION_CHARS, load_text, sha256_of, split
+from .data import MAX_VALIDATION_CHARS, decode_text, load_text, sha256_of, split
 from .errors import BluError
 
 DOCUMENT_FORMATS = (".jsonl", ".jsonl.gz", ".parquet")  # several documents per file
@@ -77,19 +77,10 @@ def _documents_of(file: Path, data: bytes, text_field: str) -> list[str]:
         name = name[: -len(".gz")]
     if name.endswith(".parquet"):
         return _parquet_documents(file, text_field)
-    text = _utf8(file, data)
+    text = decode_text(file, data)
     if name.endswith(".jsonl"):
         return _jsonl_documents(file, text, text_field)
     return [text]
-
-
-def _utf8(file: Path, data: bytes) -> str:
-    if b"\x00" in data:
-        raise BluError(f"{file} looks binary (NUL byte at offset {data.index(0)})")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise BluError(f"{file} is not UTF-8: invalid byte 0x{data[error.start]:02x} at offset {error.start}") from None
 
 
 def _jsonl_documents(file: Path, text: str, text_field: str) -> list[str]:

@@ -65,6 +65,12 @@ def read_corpus(path) -> str:
         raise BluError(f"{path}: cannot read ({error.strerror})") from None
     if not data:
         raise BluError(f"{path} is empty")
+    return decode_text(path, data)
+
+
+def decode_text(path, data: bytes) -> str:
+    """The bytes of file `path` as text, or a one-line BluError naming it: binary, or not UTF-8
+    (with the offset of the first bad byte)."""
     if b"\x00" in data:
         raise BluError(f"{path} looks binary (NUL byte at offset {data.index(0)}); blu trains on text")
     try:
