@@ -173,3 +173,19 @@ def test_byte_run_ends_at_end_of_text(tmp_path, shakespeare):
         assert ended, "no choice ended at the end-of-text token"
     finally:
         engine.stop()
+
+
+@pytest.mark.parametrize("options", [SamplingOptions(0.8, 0, 0.9), SamplingOptions(1.2, 5, 1.0, 0.05, 1.3),
+                                     SamplingOptions(0.0)], ids=["top-p", "top-k-min-p-penalty", "greedy"])
+def test_per_row_generators_draw_what_each_row_draws_alone(options):
+    """sampling.sample with one generator per row (how the engine samples rows of different
+    requests together): each row gets exactly the token it gets sampled alone with its seed."""
+    from blu.sampling import sample
+
+    torch.manual_seed(0)
+    logits, recent = torch.randn(6, 67) * 3, torch.randint(0, 67, (6, 64))
+    for _ in range(20):
+        together = sample(logits, options, [torch.Generator().manual_seed(s) for s in range(6)], recent)
+        alone = [sample(logits[i : i + 1], options, torch.Generator().manual_seed(i), recent[i : i + 1]) for i in range(6)]
+        assert together.tolist() == torch.cat(alone).tolist()
+        logits = torch.randn(6, 67) * 3

@@ -15,6 +15,7 @@ import asyncio
 import hmac
 import json
 from pathlib import Path
+import threading
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -74,6 +75,34 @@ class Guard:
         await self.app(scope, receive, send)
 
 
+class Outbox:
+    """Events from the engine thread to the requests' queues on the event loop, handed over in
+    one wake-up of the loop per batch of events rather than one per token per request."""
+
+    def __init__(self):
+        self.loop, self.items, self.lock, self.scheduled = None, [], threading.Lock(), False
+
+    def bind(self, loop) -> None:
+        self.loop = loop
+
+    def put(self, queue: asyncio.Queue, event) -> None:
+        with self.lock:
+            self.items.append((queue, event))
+            if self.scheduled:
+                return
+            self.scheduled = True
+        try:
+            self.loop.call_soon_threadsafe(self._deliver)
+        except RuntimeError:  # the event loop has closed: the server is shutting down
+            pass
+
+    def _deliver(self) -> None:
+        with self.lock:
+            items, self.items, self.scheduled = self.items, [], False
+        for queue, event in items:
+            queue.put_nowait(event)
+
+
 class EventStream:
     """Server-sent events: each payload as `data: ...` and a blank line, ending with `data: [DONE]`.
     Written as a plain ASGI response so that it watches for the client's disconnect itself
@@ -127,16 +156,12 @@ def build_app(settings: ServerSettings, engine: Engine, template: ChatTemplate) 
             raise ApiError(400, "the body must be a JSON object", None, "invalid_json")
         return body
 
+    outbox = Outbox()
+
     async def answer(request: Request, call: Call):
-        loop, queue = asyncio.get_running_loop(), asyncio.Queue()
-
-        def send(event):  # called from the engine thread
-            try:
-                loop.call_soon_threadsafe(queue.put_nowait, event)
-            except RuntimeError:  # the event loop has closed: the server is shutting down
-                pass
-
-        call.job.send = send
+        queue = asyncio.Queue()
+        outbox.bind(asyncio.get_running_loop())
+        call.job.send = lambda event: outbox.put(queue, event)  # called from the engine thread
         engine.submit(call.job)
         shaper = Shaper(call, model_id)
         if call.stream:

@@ -227,15 +227,28 @@ class Engine:
         logprobs = torch.log_softmax(logits.float(), dim=-1) if wanted else None
         if self.tokenizer.unk_id is not None:  # <unk> stands for no character: never generated
             logits[:, self.tokenizer.unk_id] = float("-inf")
-        drawn = [sample(logits[row : row + 1], choice.job.options, choice.generator, history[row : row + 1])
-                 for row, choice in enumerate(self.rows)]
-        tokens = torch.cat(drawn).tolist()  # one device sync for the whole batch
+        tokens = self._sample(logits, history).tolist()  # one device sync for the whole batch
         done = [row for row, (choice, token) in enumerate(zip(self.rows, tokens))
                 if choice.advance(token, self._token_info(logprobs[row], token, choice.job.logprobs)
                                   if choice.job.logprobs is not None else None)]
         for row in reversed(done):
             self._remove(row, tokens)
         self.logits = self.batch.step(torch.tensor(tokens, device=self.device)) if self.rows else None
+
+    def _sample(self, logits: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+        """A token for every row: rows with the same options are sampled together, each with its
+        own generator (see sampling.draw), so a row draws what it would draw alone."""
+        groups: dict[SamplingOptions, list[int]] = {}
+        for row, choice in enumerate(self.rows):
+            groups.setdefault(choice.job.options, []).append(row)
+        if len(groups) == 1:  # the usual case: no gathering
+            (options, _), = groups.items()
+            return sample(logits, options, [choice.generator for choice in self.rows], history)
+        tokens = torch.empty(len(self.rows), dtype=torch.long, device=logits.device)
+        for options, members in groups.items():
+            index = torch.tensor(members, device=logits.device)
+            tokens[index] = sample(logits[index], options, [self.rows[r].generator for r in members], history[index])
+        return tokens
 
     def _token_info(self, logprobs: torch.Tensor, token: int, alternatives: int) -> TokenInfo:
         decode = self.tokenizer.decode
