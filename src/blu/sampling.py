@@ -23,9 +23,10 @@ def inverse_temperature(temperature: float, dtype) -> float:
     return min(1.0 / max(temperature, 1.0 / largest), largest)
 
 
-def sample(logits: torch.Tensor, options: SamplingOptions, generator: torch.Generator | None,
+def sample(logits: torch.Tensor, options: SamplingOptions, generator: torch.Generator | list | None,
            recent: torch.Tensor | None = None) -> torch.Tensor:
-    """Next token ids (B,) from logits (B, vocab); `recent` (B, W) are the last tokens, for the repetition penalty."""
+    """Next token ids (B,) from logits (B, vocab); `recent` (B, W) are the last tokens, for the repetition
+    penalty; `generator`: one for the batch or one per row (see `draw`)."""
     if options.repetition_penalty != 1 and recent is not None:
         logits = penalize_repetition(logits, recent[:, -options.repetition_window :], options.repetition_penalty)
     if options.temperature == 0:
@@ -55,6 +56,13 @@ def draw(weights: torch.Tensor, generator) -> torch.Tensor:
 
     The exponential race: argmax of weight / E with E ~ Exp(1) independent per entry, which is
     what torch.multinomial computes for one sample, without its input checks, which cost more
-    than the draw for a small vocabulary. E is kept away from 0 so that a zero weight never wins."""
-    noise = torch.empty_like(weights).exponential_(generator=generator).clamp_min_(torch.finfo(weights.dtype).tiny)
+    than the draw for a small vocabulary. E is kept away from 0 so that a zero weight never wins.
+
+    `generator` is one generator for the whole batch, or a list of one per row (a server's rows
+    belong to different requests): each row then draws exactly what it would draw alone."""
+    if isinstance(generator, (list, tuple)):
+        noise = torch.cat([torch.empty_like(weights[:1]).exponential_(generator=g) for g in generator])
+    else:
+        noise = torch.empty_like(weights).exponential_(generator=generator)
+    noise = noise.clamp_min_(torch.finfo(weights.dtype).tiny)
     return (weights / noise).argmax(dim=-1)
