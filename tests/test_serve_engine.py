@@ -16,7 +16,8 @@ from blu.checkpoint import save_model
 from blu.config import SamplingOptions
 from blu.serve.app import build_app
 from blu.serve.chat import ChatTemplate
-from blu.serve.engine import Engine, Finish, Job, Piece
+from blu.serve.engine import Engine
+from blu.serve.events import Finish, Job, Piece
 from blu.serve.settings import ServerSettings
 
 

@@ -27,8 +27,9 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from .chat import ChatTemplate
-from .engine import Engine, Failure, Finish, Piece
+from .engine import Engine
 from .errors import ApiError, error_body
+from .events import Failure, Finish, Piece
 from .protocol import Call, chat_call, completion_call
 from .settings import ServerSettings
 from .shapes import Shaper

@@ -11,8 +11,9 @@ import math
 from ..config import SamplingOptions
 from ..errors import BluError
 from .chat import ChatTemplate
-from .engine import HISTORY, Job
+from .engine import HISTORY
 from .errors import ApiError
+from .events import Job
 from .settings import ServerSettings
 
 CHAT_MAX_TOKENS = 1024  # chat's default reply length: OpenAI's is "up to the context", which blu does not have

@@ -5,7 +5,7 @@ collected, from the engine's events."""
 import secrets
 import time
 
-from .engine import Piece, TokenInfo
+from .events import Piece, TokenInfo
 from .protocol import Call
 
 
