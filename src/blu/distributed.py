@@ -86,12 +86,23 @@ class World:
             yield
             return
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend, timeout=COLLECTIVE_TIMEOUT,
-                                device_id=device if device.type == "cuda" else None)
+        dist.init_process_group(backend, store=self._store(), rank=self.rank, world_size=self.size,
+                                timeout=COLLECTIVE_TIMEOUT, device_id=device if device.type == "cuda" else None)
         try:
             yield
         finally:
             dist.destroy_process_group()
+
+    def _store(self) -> dist.Store:
+        """Where the ranks find each other (MASTER_ADDR:MASTER_PORT, as torchrun sets them), under
+        a prefix of its own for each restart of the group. torchrun's agent keeps one store
+        across restarts, and without the prefix a restarted rank can read the address its dead
+        predecessor published and fail to connect (seen with gloo: "Connection refused")."""
+        env = os.environ
+        hosted_by_torchrun = env.get("TORCHELASTIC_USE_AGENT_STORE") == "True"  # else rank 0 hosts it
+        store = dist.TCPStore(env["MASTER_ADDR"], int(env["MASTER_PORT"]), self.size,
+                              is_master=self.main and not hosted_by_torchrun, timeout=COLLECTIVE_TIMEOUT)
+        return dist.PrefixStore(f"blu/attempt_{self.restarts}", store)
 
     def wrap(self, forward: torch.nn.Module, device: torch.device) -> torch.nn.Module:
         """`forward` (the model, compiled or not) under DistributedDataParallel: gradients are

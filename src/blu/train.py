@@ -301,7 +301,8 @@ def train(run: Run, device: torch.device, log=None, world: World | None = None) 
         raise world.error(f"training diverged: {MAX_FAULTS_IN_A_ROW} steps in a row had a non-finite loss or gradient; "
                           f"the last good state is saved in {run.folder}; try a lower --lr")
     if stopping():
-        log(f"stopped at step {state.step} and saved; continue with: blu train --out {run.folder} --resume")
+        launcher = "torchrun (its flags) -m " if world.distributed else ""
+        log(f"stopped at step {state.step} and saved; continue with: {launcher}blu train --out {run.folder} --resume")
     return TrainResult(state, stopping())
 
 
