@@ -152,7 +152,8 @@ def say(message: str) -> None:
 def cmd_train(args) -> int:
     from .device import pick_device
     from .distributed import World
-    from .train import open_run, train
+    from .runs import open_run
+    from .train import train
 
     world = World.from_env()  # several processes under torchrun; one otherwise
     try:

@@ -24,8 +24,9 @@ from . import __version__
 from .checkpoint import atomic_write, clear_run, load_weights, read_json, write_json
 from .config import PRESETS, ModelConfig, TrainConfig, configs_for, from_dict, to_dict
 from .corpus import text_parts
-from .data import VAL_FRACTION, load_text, split
+from .data import SHAKESPEARE_NAME, VAL_FRACTION, load_text, split
 from .device import pick_device
+from .distributed import World
 from .errors import BluError
 from .model import Transformer
 from .tokenizer import Tokenizer, build_tokenizer, tokenizer_from_json
@@ -128,6 +129,24 @@ def resume_run(out, iters: int | None = None, time_s: float | None = None, data=
     train_tokens, val = _encode_parts(parts, tokenizer, model_config.context, path)
     return Run(folder, meta, model_config, train_config, tokenizer, train_tokens, val.tokens, val.byte_lengths,
                resumed=True, skipped=skipped)
+
+
+def open_run(world: World, resume: bool, out, iters, time_s, **settings) -> Run:
+    """The run to train (`settings` as runs.create_run takes them): created, or resumed with
+    `resume`, by rank 0 while the other ranks wait, then opened by them from the folder it
+    wrote, which every node must see. After torchrun restarted the group (a worker died), the
+    same command line goes on from the last save: a run already in the folder is resumed."""
+    def prepare() -> Run:
+        # The folder create_run would choose: --out, or runs/<name of the data file>.
+        folder = Path(out) if out else Path("runs") / Path(settings.get("data") or SHAKESPEARE_NAME).stem
+        if world.restarts and holds_run(folder):
+            return resume_run(folder, iters, time_s)
+        if resume:
+            return resume_run(out, iters, time_s, **{k: v for k, v in settings.items() if k != "device"})
+        return create_run(out, iters=iters, time_s=time_s, **settings)
+
+    return world.prepared_by_main(prepare, lambda run: (str(run.folder), run.resumed),
+                                  lambda made: replace(resume_run(made[0], iters, time_s), resumed=made[1]))
 
 
 def load_config(folder) -> tuple[dict, ModelConfig, TrainConfig, Tokenizer]:

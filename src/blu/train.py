@@ -9,7 +9,7 @@ Under torchrun every rank runs this loop on its slice of each batch (see distrib
 decisions of each step are agreed, the evaluation is shared, and rank 0 alone writes and talks."""
 
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields
 import hashlib
 import math
 from pathlib import Path
@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from .checkpoint import load_last, remove_temporaries, save_last, save_model
 from .config import ModelConfig
-from .data import SHAKESPEARE_NAME, BatchSampler
+from .data import BatchSampler
 from .device import autocast_for
 from .distributed import Agreed, StopRequest, World
 from .errors import BluError
@@ -32,7 +32,7 @@ from .generate import TextGenerator
 from .metrics import MetricsLog
 from .model import Transformer
 from .optim import learning_rate, make_optimizer
-from .runs import Run, create_run, holds_run, resume_run
+from .runs import Run
 
 MAX_FAULTS_IN_A_ROW = 5  # non-finite steps tolerated in a row before training stops
 
@@ -241,7 +241,7 @@ class Trainer:
 
 
 def train(run: Run, device: torch.device, log=None, world: World | None = None) -> TrainResult:
-    """Train `run` (from runs.create_run or runs.resume_run, or open_run under torchrun) until
+    """Train `run` (from runs.create_run, runs.resume_run or, under torchrun, runs.open_run) until
     its step or time budget is spent, or Ctrl-C; return the final state and whether it was interrupted.
 
     The step budget is `iters`, the time budget `time_s` (wall clock, evaluations included);
@@ -304,21 +304,3 @@ def train(run: Run, device: torch.device, log=None, world: World | None = None) 
         launcher = "torchrun (its flags) -m " if world.distributed else ""
         log(f"stopped at step {state.step} and saved; continue with: {launcher}blu train --out {run.folder} --resume")
     return TrainResult(state, stopping())
-
-
-def open_run(world: World, resume: bool, out, iters, time_s, **settings) -> Run:
-    """The run to train (`settings` as runs.create_run takes them): created, or resumed with
-    `resume`, by rank 0 while the other ranks wait, then opened by them from the folder it
-    wrote, which every node must see. After torchrun restarted the group (a worker died), the
-    same command line goes on from the last save: a run already in the folder is resumed."""
-    def prepare() -> Run:
-        # The folder create_run would choose: --out, or runs/<name of the data file>.
-        folder = Path(out) if out else Path("runs") / Path(settings.get("data") or SHAKESPEARE_NAME).stem
-        if world.restarts and holds_run(folder):
-            return resume_run(folder, iters, time_s)
-        if resume:
-            return resume_run(out, iters, time_s, **{k: v for k, v in settings.items() if k != "device"})
-        return create_run(out, iters=iters, time_s=time_s, **settings)
-
-    return world.prepared_by_main(prepare, lambda run: (str(run.folder), run.resumed),
-                                  lambda made: replace(resume_run(made[0], iters, time_s), resumed=made[1]))
