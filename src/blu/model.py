@@ -2,7 +2,7 @@
 optional grouped-query heads, SwiGLU, no biases.
 
 Every choice matches Hugging Face's LlamaForCausalLM, so export is a rename
-(see export.py) and transformers serves as the reference in the tests.
+(see export/hf.py) and transformers serves as the reference in the tests.
 """
 
 import math
