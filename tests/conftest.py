@@ -90,3 +90,12 @@ def make_run():
         return create_run(folder, corpus, preset="cpu", overrides=settings, iters=iters, time_s=time_s, device="cpu")
 
     return make
+
+
+@pytest.fixture(scope="session")
+def served_run(tmp_path_factory, shakespeare) -> Path:
+    """A tiny run trained by `blu train` (20 steps) for the `blu serve` tests; copy it before changing it."""
+    from serve_support import corpus, train_tiny
+
+    folder = tmp_path_factory.mktemp("served")
+    return train_tiny(corpus(folder, shakespeare), folder / "shakes")

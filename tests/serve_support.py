@@ -25,7 +25,9 @@ def train_command(data: Path, out: Path, iters: int, eval_every: int) -> list[st
 
 
 def train_tiny(data: Path, out: Path, iters: int = 20) -> Path:
-    subprocess.run(train_command(data, out, iters, iters), check=True, capture_output=True, timeout=300)
+    done = subprocess.run(train_command(data, out, iters, iters), capture_output=True, text=True, timeout=600)
+    if done.returncode:
+        raise RuntimeError(f"blu train failed ({done.returncode}): {done.stderr[-2000:]}")
     return out
 
 

@@ -10,28 +10,22 @@ import time
 
 import httpx
 import pytest
-from serve_support import Server, corpus, train_tiny
+from serve_support import Server
 import torch
 
 import blu
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, shakespeare):
-    folder = tmp_path_factory.mktemp("serve-api")
-    return train_tiny(corpus(folder, shakespeare), folder / "shakes")
-
-
-@pytest.fixture(scope="module")
-def server(run):
-    server = Server(run, "--max-batch", "16")
+def server(served_run):
+    server = Server(served_run, "--max-batch", "16")
     yield server
     server.stop()
 
 
 @pytest.fixture(scope="module")
-def local(run):
-    return blu.load(run)
+def local(served_run):
+    return blu.load(served_run)
 
 
 def reference(local, prompt, max_tokens, seed, stop=(), **controls):
@@ -48,7 +42,7 @@ def sse_payloads(server, path, body) -> list[str]:
     return [event[len("data: "):] for event in raw.split("\n\n") if event]
 
 
-def test_models_and_health(server, run):
+def test_models_and_health(server, served_run):
     """The one model is the run folder's name, with what a client needs to know of it."""
     models = server.client().models.list().data
     assert [m.id for m in models] == ["shakes"]
@@ -121,7 +115,7 @@ def test_stop_strings_never_leak(server, local):
     assert whole.usage.completion_tokens == cut + len(stop), "usage counts the tokens of the stop string, generated too"
 
 
-def test_logprobs_are_the_models_own(server, run, local):
+def test_logprobs_are_the_models_own(server, served_run, local):
     """logprobs are log-softmax of the model's logits (before temperature and top-p), the chosen
     token's and the 5 likeliest alternatives', with text offsets into the returned text."""
     result = server.client().completions.create(model="shakes", prompt="ROMEO:", max_tokens=12, seed=2, logprobs=5,

@@ -2,13 +2,15 @@
 picked up between requests, and a failure inside the engine reaching a streaming client as an
 error event (the only way once the 200 has been sent)."""
 
+from pathlib import Path
+import shutil
 import subprocess
 import threading
 import time
 
 import openai
 import pytest
-from serve_support import corpus, free_port, train_command, train_tiny
+from serve_support import corpus, free_port, train_command
 import torch
 
 import blu
@@ -22,9 +24,9 @@ from blu.serve.settings import ServerSettings
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, shakespeare):
-    folder = tmp_path_factory.mktemp("serve-engine")
-    return train_tiny(corpus(folder, shakespeare), folder / "shakes")
+def run(served_run, tmp_path_factory):
+    """A copy: a test here rewrites its weights."""
+    return Path(shutil.copytree(served_run, tmp_path_factory.mktemp("serve-engine") / "shakes"))
 
 
 @pytest.fixture

@@ -7,28 +7,22 @@ import json
 import httpx
 import openai
 import pytest
-from serve_support import Server, corpus, train_tiny
+from serve_support import Server
 
 KEY = "sesame-123"
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, shakespeare):
-    folder = tmp_path_factory.mktemp("serve-errors")
-    return train_tiny(corpus(folder, shakespeare), folder / "shakes")
-
-
-@pytest.fixture(scope="module")
-def server(run):
-    server = Server(run)
+def server(served_run):
+    server = Server(served_run)
     yield server
     server.stop()
 
 
 @pytest.fixture(scope="module")
-def guarded(run):
+def guarded(served_run):
     """A server with a key, one origin allowed, one row and a queue of one."""
-    server = Server(run, "--api-key", KEY, "--cors-origin", "http://notes.example", "--max-batch", "1", "--max-queue", "1")
+    server = Server(served_run, "--api-key", KEY, "--cors-origin", "http://notes.example", "--max-batch", "1", "--max-queue", "1")
     yield server
     server.stop()
 
@@ -182,8 +176,8 @@ def test_full_queue_is_503_with_retry_after(guarded):
     assert guarded.wait_idle(timeout=10)["active_requests"] == 0
 
 
-def test_warning_when_listening_beyond_loopback_without_a_key(run, tmp_path):
-    server = Server(run, "--host", "0.0.0.0", log=tmp_path / "open.log")
+def test_warning_when_listening_beyond_loopback_without_a_key(served_run, tmp_path):
+    server = Server(served_run, "--host", "0.0.0.0", log=tmp_path / "open.log")
     try:
         assert "WARNING" in server.log.read_text() and "--api-key" in server.log.read_text()
     finally:

@@ -9,7 +9,7 @@ import time
 
 import httpx
 import pytest
-from serve_support import Server, corpus, train_command, train_tiny
+from serve_support import Server, corpus, train_command
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
@@ -52,9 +52,8 @@ def wait_for(condition, timeout=30.0, what="", every=0.1):
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, shakespeare):
-    folder = tmp_path_factory.mktemp("serve-page")
-    server = Server(train_tiny(corpus(folder, shakespeare), folder / "shakes"))
+def server(served_run):
+    server = Server(served_run)
     yield server
     server.stop()
 
