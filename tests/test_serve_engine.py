@@ -192,3 +192,24 @@ def test_per_row_generators_draw_what_each_row_draws_alone(options):
         alone = [sample(logits[i : i + 1], options, torch.Generator().manual_seed(i), recent[i : i + 1]) for i in range(6)]
         assert together.tolist() == torch.cat(alone).tolist()
         logits = torch.randn(6, 67) * 3
+
+
+def test_training_view_reads_metrics_and_samples(run):
+    """The training view's data: rows from a line on, the samples with their step, and a run
+    counted as training only while metrics.jsonl keeps being written."""
+    import os
+
+    from blu.serve.watch import TrainingView
+
+    view = TrainingView(run)
+    everything = view.read(0)
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert everything["next"] == len(lines) and len(everything["rows"]) == len(lines)
+    assert view.read(len(lines) - 1)["rows"] == everything["rows"][-1:]
+    assert view.read(len(lines) + 5)["reset"], "a file that got shorter (a resume truncates it) is read again"
+    assert [s["step"] for s in everything["samples"]] == [20] and everything["samples"][0]["text"]
+    assert everything["progress"]["step"] == 20 and everything["progress"]["time_left_s"] is None
+    os.utime(run / "metrics.jsonl", (time.time() - 60, time.time() - 60))
+    assert view.read(0)["progress"]["training"] is False
+    os.utime(run / "metrics.jsonl")
+    assert view.read(0)["progress"]["training"] is True

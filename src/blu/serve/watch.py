@@ -7,7 +7,7 @@ import re
 import time
 
 SAMPLE_HEADER = re.compile(r"^--- step (\d+), val_loss ([0-9.naif]+) ---$", re.MULTILINE)
-LIVE_S = 60  # metrics.jsonl written this recently: the run is taken to be training
+MIN_LIVE_S = 10  # a run whose metrics.jsonl was written this recently is taken to be training (see progress)
 MAX_SAMPLES = 30
 
 
@@ -41,9 +41,12 @@ class TrainingView:
         return out[-MAX_SAMPLES:]
 
     def progress(self, lines: list[str]) -> dict:
-        """Step, tokens/s (between the last two logged steps), time left by the run's budget,
-        and whether it is training now (metrics written in the last minute, budget not spent)."""
-        train = [r for r in (self._row(line) for line in lines[-50:]) if r and "train_loss" in r]
+        """Step, tokens/s (between the last two logged steps), time left by the run's budget (none
+        once past it: a resume may have been given a new budget, which config.json does not
+        hold), and whether it is training now: metrics.jsonl written within three of its usual
+        intervals between rows (at least 10 s), so that a finished run stops counting as live."""
+        recent = [r for r in (self._row(line) for line in lines[-50:]) if r and "elapsed_s" in r]
+        train = [r for r in recent if "train_loss" in r]
         budget = self._budget()
         out = {"step": None, "tokens_per_s": None, "time_left_s": None, "training": False, **budget}
         if not train:
@@ -53,13 +56,14 @@ class TrainingView:
         if len(train) > 1 and last["elapsed_s"] > train[-2]["elapsed_s"]:
             out["tokens_per_s"] = (last["tokens"] - train[-2]["tokens"]) / (last["elapsed_s"] - train[-2]["elapsed_s"])
         left = []
-        if budget["time_s"]:
-            left.append(max(0.0, budget["time_s"] - elapsed))
-        if budget["iters"] and last["step"]:
-            left.append(max(0.0, (budget["iters"] - last["step"]) * elapsed / last["step"]))
+        if budget["time_s"] and elapsed < budget["time_s"]:
+            left.append(budget["time_s"] - elapsed)
+        if budget["iters"] and 0 < last["step"] < budget["iters"]:
+            left.append((budget["iters"] - last["step"]) * elapsed / last["step"])
         out["time_left_s"] = min(left) if left else None
+        interval = (recent[-1]["elapsed_s"] - recent[0]["elapsed_s"]) / max(1, len(recent) - 1)
         modified = (self.folder / "metrics.jsonl").stat().st_mtime
-        out["training"] = time.time() - modified < LIVE_S and (out["time_left_s"] is None or out["time_left_s"] > 0)
+        out["training"] = time.time() - modified < max(MIN_LIVE_S, 3 * interval)
         return out
 
     def _budget(self) -> dict:
