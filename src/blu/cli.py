@@ -140,8 +140,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     exp = commands.add_parser("export", help="export a run for other tools", formatter_class=fmt)
     exp.add_argument("--run", required=True, help="run folder")
-    exp.add_argument("--format", default="hf", choices=["hf"], help="hf = Hugging Face transformers (LlamaForCausalLM)")
-    exp.add_argument("--out", required=True, help="folder to write")
+    exp.add_argument("--format", default="hf", choices=["hf", "gguf"],
+                     help="hf = Hugging Face transformers (LlamaForCausalLM), a folder; gguf = llama.cpp, one file")
+    exp.add_argument("--out", required=True, help="folder (hf) or .gguf file (gguf) to write")
+    exp.add_argument("--dtype", choices=["f32", "f16", "bf16", "q8_0"],
+                     help="gguf only: how the weight matrices are stored (default: f32; q8_0 needs rows of a multiple of 32)")
     return parser
 
 
@@ -282,8 +285,16 @@ def cmd_eval(args) -> int:
 
 
 def cmd_export(args) -> int:
+    if args.format == "gguf":
+        from .export.gguf import export_gguf
+
+        out = export_gguf(args.run, args.out, args.dtype or "f32")
+        say(f"exported {args.run} to {out} ({out.stat().st_size:,} bytes; load it with llama.cpp or llama_cpp.Llama)")
+        return 0
     from .export import export_hf
 
+    if args.dtype:
+        raise BluError("--dtype is for --format gguf; the hf export keeps the weights in float32")
     out = export_hf(args.run, args.out)
     say(f"exported {args.run} to {out} (load it with transformers.AutoModelForCausalLM.from_pretrained)")
     return 0

@@ -1,0 +1,133 @@
+"""Every blu tokenizer as llama.cpp's byte-level BPE (tokenizer model `gpt2`, pre-tokenizer
+`gpt-2`), giving the same token ids as blu on any text its vocabulary covers.
+
+llama.cpp splits text with GPT-2's regex, writes each piece in GPT-2's byte-to-character map,
+starts from one symbol per byte, applies the merges in rank order, and looks the resulting
+symbols up in the token list (a symbol that is no token is dropped).
+
+- `byte` and `bpe`: blu's tokenizer.json is already that (see bytelevel.py): its tokens in id
+  order, its merges as "left right", `<|endoftext|>` a CONTROL token (never made from text).
+- `char`: a token per character, written as the byte-level string of its UTF-8 bytes, and for
+  each character of more than one byte the merges that build it a byte at a time from its
+  first byte. A merge's left side always starts at the first byte of a character and its right
+  side is one continuation byte, so merges never join two characters, and the split into
+  pieces does not matter: each known character becomes its token whatever surrounds it. A
+  character outside the vocabulary ends as symbols that are no token, so llama.cpp drops it,
+  as blu drops it from prompts. `<unk>` (id 0) is a CONTROL token.
+"""
+
+from dataclasses import dataclass
+import json
+
+import gguf
+
+from ..bytelevel import END_OF_TEXT, gpt2_byte_map
+from ..errors import BluError
+from ..tokenizer import UNK
+
+NORMAL, CONTROL = gguf.TokenType.NORMAL, gguf.TokenType.CONTROL
+
+# llama.cpp requires a merges list for `gpt2` and gguf's writer cannot write an empty one, so a
+# vocabulary with no merges gets this one, which can never apply: no merge builds its left side
+# "ĠĠ" (two spaces), and llama.cpp's symbols start as single bytes.
+INERT_MERGE = "ĠĠ Ġ"
+
+# Token texts that llama.cpp (src/llama-vocab.cpp, as built by llama-cpp-python 0.3.36) makes
+# control or end-of-generation tokens whatever their type, so a NORMAL token spelled so would
+# vanish from llama.cpp's text or stop its generation. Only the ASCII ones can be byte-level strings.
+LLAMA_CPP_SPECIAL_TEXTS = frozenset({
+    "</s>", "<EOT>", "<MID>", "<PAD>", "<PRE>", "<REPO>", "<SUF>", "<end_of_turn>", "<end_of_utterance>", "<eos>",
+    "<fim-middle>", "<fim-pad>", "<fim-prefix>", "<fim-repo>", "<fim-suffix>", "<fim_middle>", "<fim_pad>",
+    "<fim_prefix>", "<fim_suffix>", "<reponame>", "<turn|>", "<|calls|>", "<|call|>", "<|channel|>",
+    "<|code_middle|>", "<|code_prefix|>", "<|code_suffix|>", "<|constrain|>", "<|end_of_text|>", "<|endoftext|>",
+    "<|end|>", "<|eom_id|>", "<|eot_id|>", "<|file_sep|>", "<|fim_middle|>", "<|fim_pad|>", "<|fim_prefix|>",
+    "<|fim_repo|>", "<|fim_suffix|>", "<|flush|>", "<|im_end|>", "<|message|>", "<|middle|>", "<|prefix|>",
+    "<|repo_name|>", "<|return|>", "<|start|>", "<|suffix|>", "<|tool_response>", "[EOS]", "[EOT]", "[PAD]",
+    "[e~[", "_<EOT>",
+})
+
+
+@dataclass
+class GGUFVocab:
+    tokens: list[str]  # in id order
+    types: list[gguf.TokenType]
+    merges: list[str]  # "left right", in rank order
+    bos: int  # what blu starts an empty prompt after; llama.cpp never adds it (add_bos false)
+    eos: int  # where llama.cpp's generation stops
+    unk: int | None = None
+
+    def write(self, writer: gguf.GGUFWriter) -> None:
+        writer.add_tokenizer_model("gpt2")
+        writer.add_tokenizer_pre("gpt-2")
+        writer.add_token_list(self.tokens)
+        writer.add_token_types(self.types)
+        writer.add_token_merges(self.merges or [INERT_MERGE])
+        writer.add_bos_token_id(self.bos)
+        writer.add_eos_token_id(self.eos)
+        if self.unk is not None:
+            writer.add_unk_token_id(self.unk)
+        writer.add_add_bos_token(False)  # blu trains with no beginning-of-text token
+        writer.add_add_eos_token(False)
+
+
+def gguf_vocab(tokenizer) -> GGUFVocab:
+    """The GGUF tokenizer of a blu tokenizer; a BluError if llama.cpp could not tokenize as blu does."""
+    vocab = char_vocab(tokenizer) if tokenizer.kind == "char" else byte_level_vocab(tokenizer)
+    if len(set(vocab.tokens)) != len(vocab.tokens):
+        raise BluError("the vocabulary has two tokens with the same text, which llama.cpp cannot tell apart")
+    for token, kind in zip(vocab.tokens, vocab.types):
+        if kind == NORMAL and token in LLAMA_CPP_SPECIAL_TEXTS:
+            raise BluError(f"the vocabulary has a token {token!r} that llama.cpp treats as a control token")
+    return vocab
+
+
+def byte_level(data: bytes) -> str:
+    """Bytes as GPT-2's byte-level string: each byte as its printable character."""
+    byte_map = gpt2_byte_map()
+    return "".join(byte_map[b] for b in data)
+
+
+def char_vocab(tokenizer) -> GGUFVocab:
+    tokens, merges = [UNK], {}  # a dict keeps the merges in order, once each
+    for char in tokenizer.chars:
+        try:
+            encoded = char.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate
+            raise BluError(f"the vocabulary holds {ascii(char)}, which has no UTF-8 form that llama.cpp could read") from None
+        tokens.append(byte_level(encoded))
+        for k in range(1, len(encoded)):  # the first k bytes, then byte k
+            merges[f"{byte_level(encoded[:k])} {byte_level(encoded[k : k + 1])}"] = None
+    return GGUFVocab(tokens, [CONTROL] + [NORMAL] * len(tokenizer.chars), list(merges),
+                     bos=tokenizer.start_ids()[0], eos=tokenizer.unk_id, unk=tokenizer.unk_id)
+
+
+def byte_level_vocab(tokenizer) -> GGUFVocab:
+    data = json.loads(tokenizer.to_json())
+    check_llama_cpp_can_split_as(data)
+    vocab = tokenizer.hf.get_vocab(with_added_tokens=True)
+    tokens = sorted(vocab, key=vocab.get)
+    if [vocab[t] for t in tokens] != list(range(len(tokens))):
+        raise BluError("tokenizer.json's token ids are not 0 to vocab_size - 1 without gaps, which llama.cpp needs")
+    merges = [m if isinstance(m, str) else " ".join(m) for m in data["model"]["merges"]]
+    if any(m.count(" ") != 1 for m in merges):
+        raise BluError("tokenizer.json has a merge that is not two byte-level tokens, which llama.cpp cannot read")
+    types = [CONTROL if t == END_OF_TEXT else NORMAL for t in tokens]
+    return GGUFVocab(tokens, types, merges, bos=tokenizer.start_ids()[0], eos=tokenizer.end_id)
+
+
+def check_llama_cpp_can_split_as(data: dict) -> None:
+    """Refuse a tokenizer.json whose settings llama.cpp's `gpt-2` tokenizer does not have (blu
+    writes none such, but a tokenizer.json may come from elsewhere through --tokenizer-from)."""
+    pre, model = data.get("pre_tokenizer") or {}, data["model"]
+    differences = {
+        "a normalizer": data.get("normalizer") is not None,
+        "a pre-tokenizer other than GPT-2's byte-level regex with no prefix space":
+            (pre.get("type"), pre.get("add_prefix_space"), pre.get("use_regex")) != ("ByteLevel", False, True),
+        "dropout, subword prefixes or suffixes, byte fallback or ignore_merges":
+            bool(model.get("dropout") or model.get("continuing_subword_prefix") or model.get("end_of_word_suffix")
+                 or model.get("byte_fallback") or model.get("ignore_merges")),
+        f"special tokens other than {END_OF_TEXT}": any(t["content"] != END_OF_TEXT for t in data.get("added_tokens", [])),
+    }
+    for what, differs in differences.items():
+        if differs:
+            raise BluError(f"tokenizer.json has {what}, which llama.cpp's gpt-2 tokenizer cannot reproduce")
