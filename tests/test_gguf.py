@@ -15,9 +15,9 @@ from blu.bytelevel import END_OF_TEXT
 from blu.config import SamplingOptions
 from blu.generate import stream_tokens
 
-HARD_CASES = ["emoji 🙂👩‍👩‍👧 and CJK 日本語のテキスト", "combining e\u0301 and n\u0303", "CRLF\r\nand\ttabs\t\tend",
-              "  leading, trailing and   many spaces  ", "numbers 1234567 and it's 'quoted' — “curly”",
-              f"the literal {END_OF_TEXT} is text"]
+HARD_CASES = ["emoji 🙂👩‍👩‍👧 and CJK 日本語のテキスト", "combining e\u0301 and n\u0303 beside é and ñ",
+              "CRLF\r\nand\ttabs\t\tend", "  leading, trailing and   many spaces  ",
+              "numbers 1234567 and it's 'quoted' — “curly”", f"the literal {END_OF_TEXT} is text"]
 UNSEEN = "§"  # only in the validation text: unknown to the char run
 CONTEXT = 32
 # (weights, KV cache) -> the largest difference from blu's float32 logits allowed. All f32: 1e-4,
@@ -114,6 +114,8 @@ def test_llama_cpp_tokenizes_and_detokenizes_as_blu(runs, exported, kind):
     tokenizer = blu.load(runs[kind]).tokenizer
     validation = validation_of(runs[kind])
     assert UNSEEN in validation and all(case in validation for case in HARD_CASES)
+    if kind == "char":  # characters of 2, 3 and 4 bytes, a combining mark, CR and tab are tokens
+        assert {"é", "日", "🙂", "\u200d", "\u0301", "\r", "\t"} <= set(tokenizer.chars)
     for text in [validation, *HARD_CASES, UNSEEN + "x" + UNSEEN]:
         ids = llm.tokenize(text.encode("utf-8"), add_bos=True, special=False)  # add_bos: the file says none
         assert ids == expected_ids(tokenizer, text), text
