@@ -4,6 +4,7 @@ blu's logits and continues a prompt greedily with blu's text; gguf's reader sees
 
 import json
 from pathlib import Path
+import random
 import re
 
 import numpy as np
@@ -126,6 +127,26 @@ def test_llama_cpp_tokenizes_and_detokenizes_as_blu(runs, exported, kind):
     else:  # the literal end-of-text is text; parsed as special it is the end-of-text token
         assert llm.tokenize(END_OF_TEXT.encode(), add_bos=False, special=True) == [tokenizer.end_id]
         assert llm.token_eos() == tokenizer.end_id
+
+
+# Code points to draw random text from, as llama.cpp's tests/test-tokenizer-random.py does:
+# ASCII, Latin, combining marks, kana, CJK, emoji, punctuation, controls, Arabic, private use, astral planes.
+RANDOM_POOLS = [range(0x20, 0x7F), range(0xA0, 0x250), range(0x300, 0x370), range(0x3040, 0x3100), range(0x4E00, 0x4F00),
+                range(0x1F300, 0x1F650), range(0x2000, 0x2070), range(0x0, 0x20), range(0x600, 0x700), range(0xE000, 0xF900),
+                range(0x10000, 0x110000)]
+
+
+@pytest.mark.parametrize("kind", ["char", "byte", "bpe"])
+def test_llama_cpp_tokenizes_random_text_as_blu(runs, exported, kind):
+    llama_cpp = pytest.importorskip("llama_cpp")
+    llm = llama_cpp.Llama(str(exported(kind)), vocab_only=True, verbose=False)
+    tokenizer = blu.load(runs[kind]).tokenizer
+    rng = random.Random(0)
+    for _ in range(1000):
+        text = "".join(chr(rng.choice(rng.choice(RANDOM_POOLS))) if rng.random() < 0.5 else rng.choice(" \n\t'sdtm1e")
+                       for _ in range(rng.randint(1, 30)))
+        text = "".join(c for c in text if not 0xD800 <= ord(c) < 0xE000)  # no surrogates: not text
+        assert llm.tokenize(text.encode("utf-8"), add_bos=False) == expected_ids(tokenizer, text), ascii(text)
 
 
 def blu_logits(run, ids: list[int]) -> np.ndarray:
