@@ -3,6 +3,8 @@ framework's 422 {"detail": ...}), 404, 413, 401 with a key, 503 with Retry-After
 queue, closed CORS, the Host check, and the warning when listening beyond loopback without a key."""
 
 import json
+import subprocess
+import sys
 
 import httpx
 import openai
@@ -19,10 +21,16 @@ def server(served_run):
     server.stop()
 
 
+TEMPLATE = "{role} said: {content}\n"
+
+
 @pytest.fixture(scope="module")
-def guarded(served_run):
-    """A server with a key, one origin allowed, one row and a queue of one."""
-    server = Server(served_run, "--api-key", KEY, "--cors-origin", "http://notes.example", "--max-batch", "1", "--max-queue", "1")
+def guarded(served_run, tmp_path_factory):
+    """A server with a key, one origin allowed, one row, a queue of one and its own chat template."""
+    template = tmp_path_factory.mktemp("template") / "chat.txt"
+    template.write_text(TEMPLATE, encoding="utf-8")
+    server = Server(served_run, "--api-key", KEY, "--cors-origin", "http://notes.example", "--max-batch", "1",
+                    "--max-queue", "1", "--chat-template", str(template))
     yield server
     server.stop()
 
@@ -182,3 +190,18 @@ def test_warning_when_listening_beyond_loopback_without_a_key(served_run, tmp_pa
         assert "WARNING" in server.log.read_text() and "--api-key" in server.log.read_text()
     finally:
         server.stop()
+
+
+def test_chat_template_flag(guarded, served_run, tmp_path):
+    """--chat-template replaces the transcript line; a template with characters the model never
+    saw is refused when the server starts (one line, exit code 2), not at every request."""
+    reply = guarded.client(api_key=KEY).chat.completions.create(
+        model="shakes", messages=[{"role": "user", "content": "Hi"}], max_tokens=3, seed=1)
+    assert reply.usage.prompt_tokens == len("user said: Hi\nassistant said: ")
+    models = guarded.client(api_key=KEY).models.list().data
+    assert models[0].model_extra["chat_template"] == TEMPLATE
+    bad = tmp_path / "bad.txt"
+    bad.write_text("<|im_start|>{role}\n{content}<|im_end|>\n", encoding="utf-8")
+    done = subprocess.run([sys.executable, "-m", "blu", "serve", "--run", str(served_run), "--chat-template", str(bad)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "never saw" in done.stderr

@@ -38,6 +38,11 @@ class Watched:
         self.page.on("request", lambda r: self.urls.append(r.url))
         self.page.goto(base_url + "/")
 
+    def open_tab(self, name: str) -> None:
+        """Pick a tab, as a user does (the page opens the training tab by itself while a run
+        looks live, which a run trained seconds ago does)."""
+        self.page.click(f"button[data-tab={name}]")
+
     def check_clean(self):
         assert self.errors == []
         assert self.urls and all(url.startswith(self.base_url + "/") for url in self.urls), self.urls
@@ -61,6 +66,11 @@ def server(served_run):
 def test_generate_grows_the_text_and_stop_stops_it(browser, server):
     watched = Watched(browser, server.url)
     page = watched.page
+    # A slow network (40 kB/s, about 200 events a second), so that the 2,000 characters
+    # asked for take seconds to arrive however fast the machine: Stop comes before the end.
+    page.context.new_cdp_session(page).send("Network.emulateNetworkConditions", {
+        "offline": False, "latency": 0, "downloadThroughput": 40_000, "uploadThroughput": -1})
+    watched.open_tab("completion")
     page.fill("#text", "ROMEO:")
     page.locator("#c-max_tokens").fill("2000")
     page.fill("#seed", "3")
@@ -84,13 +94,14 @@ def test_generate_grows_the_text_and_stop_stops_it(browser, server):
 def test_probability_view_and_chat(browser, server):
     watched = Watched(browser, server.url)
     page = watched.page
+    watched.open_tab("completion")
     page.locator("#c-max_tokens").fill("30")
     page.check("#probs")
     page.click("#generate")
     wait_for(lambda: page.locator("#probview span").count() == 30 and page.is_enabled("#generate"))
     title = page.locator("#probview span").first.get_attribute("title")
     assert "%" in title and "alternatives" in title
-    page.click("button[data-tab=chat]")
+    watched.open_tab("chat")
     page.fill("#chatinput", "Good morrow")
     page.click("#send")
     wait_for(lambda: page.locator(".msg").count() == 2 and page.is_enabled("#send"))
