@@ -25,7 +25,7 @@ CONTEXT = 32
 # the bound. The rest (llama.cpp's default f16 cache, rounded weights) are relative to the
 # largest |logit| of blu, since rounding errors grow with the logits; measured on these models
 # (max |logit| 0.4-0.8; 2026-11-30): f16 cache 8.8e-5, f16 weights 5.0e-4, bf16 3.8e-3, q8_0
-# 1.45e-2 (relative), about a quarter of each bound.
+# 1.45e-2 (relative), a fifth to a third of each bound.
 LOGIT_TOLERANCE = {("f32", "f32"): 1e-4, ("f32", "f16"): 5e-4, ("f16", "f16"): 2e-3, ("bf16", "f16"): 1.5e-2,
                    ("q8_0", "f16"): 5e-2}
 GGML_TYPE = {"f32": 0, "f16": 1}
