@@ -140,3 +140,26 @@ def test_training_view_updates_while_a_run_trains(browser, tmp_path, shakespeare
         training.wait(30)
         if server:
             server.stop()
+
+
+def test_page_asks_for_the_key(browser, served_run):
+    """With --api-key the page loads (it is public), asks for the key, and works once given it."""
+    server = Server(served_run, "--api-key", "k-123")
+    try:
+        watched = Watched(browser, server.url)
+        page = watched.page
+        page.wait_for_selector("#keyform", state="visible", timeout=30_000)
+        page.fill("#key", "k-123")
+        page.click("#keyform button")
+        wait_for(lambda: "parameters" in page.inner_text("#model"), 30, "the model shown")
+        watched.open_tab("completion")
+        page.locator("#c-max_tokens").fill("20")
+        page.fill("#text", "ROMEO:")
+        page.click("#generate")
+        wait_for(lambda: len(page.input_value("#text")) == len("ROMEO:") + 20, 30, "20 characters generated")
+        # The only console errors are the browser's own notes on the 401s that made the page ask.
+        assert watched.errors and all("401" in error for error in watched.errors)
+        watched.errors.clear()
+        watched.check_clean()
+    finally:
+        server.stop()
