@@ -192,9 +192,9 @@ def test_warning_when_listening_beyond_loopback_without_a_key(served_run, tmp_pa
         server.stop()
 
 
-def test_chat_template_flag(guarded, served_run, tmp_path):
+def test_chat_template_flag_and_bad_settings(guarded, served_run, tmp_path):
     """--chat-template replaces the transcript line; a template with characters the model never
-    saw is refused when the server starts (one line, exit code 2), not at every request."""
+    saw, or an empty queue, is refused when the server starts (one line, exit code 2)."""
     reply = guarded.client(api_key=KEY).chat.completions.create(
         model="shakes", messages=[{"role": "user", "content": "Hi"}], max_tokens=3, seed=1)
     assert reply.usage.prompt_tokens == len("user said: Hi\nassistant said: ")
@@ -205,3 +205,6 @@ def test_chat_template_flag(guarded, served_run, tmp_path):
     done = subprocess.run([sys.executable, "-m", "blu", "serve", "--run", str(served_run), "--chat-template", str(bad)],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "never saw" in done.stderr
+    done = subprocess.run([sys.executable, "-m", "blu", "serve", "--run", str(served_run), "--max-queue", "0"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "must be at least 1, got 64 and 0" in done.stderr
