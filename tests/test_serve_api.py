@@ -236,3 +236,16 @@ def test_prompt_as_token_ids(server, local):
     b = server.client().completions.create(model="shakes", prompt="ROMEO:", max_tokens=10, seed=8)
     assert a.choices[0].text == b.choices[0].text
     assert math.isfinite(a.usage.total_tokens)
+
+
+def test_neutral_openai_fields_are_accepted(server):
+    """Fields blu does not implement are accepted at their neutral value (clients send them by
+    default), and chat's max_tokens applies when max_completion_tokens is null."""
+    body = {"model": "shakes", "prompt": "ROMEO:", "max_tokens": 3, "frequency_penalty": 0, "presence_penalty": 0.0,
+            "logit_bias": {}, "tools": [], "user": "someone", "suffix": None}
+    answer = httpx.post(server.url + "/v1/completions", json=body, timeout=30)
+    assert answer.status_code == 200 and answer.json()["usage"]["completion_tokens"] == 3
+    chat = {"model": "shakes", "messages": [{"role": "user", "content": "Hi"}], "max_completion_tokens": None,
+            "max_tokens": 3}
+    answer = httpx.post(server.url + "/v1/chat/completions", json=chat, timeout=30)
+    assert answer.status_code == 200 and answer.json()["usage"]["completion_tokens"] <= 3

@@ -103,7 +103,8 @@ def check_common(body: dict, model_id: str) -> None:
     if model is not None and model != model_id:
         raise ApiError(404, f"the model {model!r} does not exist; this server has {model_id!r}", "model", "model_not_found")
     for name, neutral in UNSUPPORTED.items():
-        if body.get(name) not in (None, neutral) and body.get(name) != {}:
+        value = body.get(name)
+        if value not in (None, neutral) and value != {} and value != []:  # an empty list of tools asks for none
             raise bad(f"{name} is not supported by blu" + (" (use repetition_penalty)" if "penalty" in name else ""),
                       name, "unsupported_parameter")
 
@@ -190,8 +191,8 @@ def chat_call(body: dict, tokenizer, settings: ServerSettings, model_id: str, te
     if top is not None and not wants_logprobs:
         raise bad("top_logprobs needs logprobs: true", "top_logprobs")
     logprobs = (top or 0) if wants_logprobs else None
-    limit = body.get("max_completion_tokens", body.get("max_tokens"))
-    name = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
+    name = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+    limit = body.get(name)
     max_tokens = integer({name: limit}, name, min(CHAT_MAX_TOKENS, settings.max_tokens), 0, settings.max_tokens)
     stop = stop_strings(body, settings) + template.stops(role for role, _ in messages)
     job = job_for(body, ids, tokenizer, settings, max_tokens, stop, logprobs)
