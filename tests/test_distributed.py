@@ -30,11 +30,31 @@ def environment() -> dict:
     return {**os.environ, "OMP_NUM_THREADS": "1"}  # two processes on a shared 2-core machine
 
 
+LAUNCHED: list[subprocess.Popen] = []  # every launcher a test started, for the cleanup below
+
+
+@pytest.fixture(autouse=True)
+def no_process_left_behind():
+    """Whatever a test asserted, its launchers and their workers (one process group each) are
+    gone afterwards: a failed or hung test must not leave workers training on the machine."""
+    yield
+    while LAUNCHED:
+        process = LAUNCHED.pop()
+        try:
+            os.killpg(process.pid, signal.SIGKILL)  # workers a finished launcher left too
+        except ProcessLookupError:
+            pass  # the whole group had ended
+        process.communicate()
+
+
 def torchrun(*launcher_flags, args=(), cwd=None, script=None) -> subprocess.Popen:
     """`torchrun LAUNCHER_FLAGS -m blu train ARGS` (or `SCRIPT train ARGS`), started (not waited for)."""
     program = [str(script)] if script else ["-m", "blu"]
     command = [sys.executable, "-m", "torch.distributed.run", *launcher_flags, *program, "train", *map(str, args)]
-    return subprocess.Popen(command, cwd=cwd, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(command, cwd=cwd, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True)
+    LAUNCHED.append(process)
+    return process
 
 
 def finish(process: subprocess.Popen) -> tuple[int, str, str]:
