@@ -1,0 +1,143 @@
+"""The `blu` command's arguments: one subcommand each for train, generate, eval, serve and
+export, with the training and sampling flags generated from the configuration dataclasses."""
+
+import argparse
+import os
+
+from .. import __version__
+from ..config import DEFAULT_MAX_NEW_TOKENS, PRESETS, ModelConfig, SamplingOptions, TrainConfig, knobs, parse_duration
+from ..data import MAX_VALIDATION_CHARS, VAL_FRACTION
+from ..errors import BluError
+from ..tokenizer import DEFAULT_BPE_VOCAB_SIZE, KINDS
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):
+        # One line, exit code 2, as for every other bad input; under torchrun every rank parses
+        # the same command line, and rank 0 alone says what is wrong with it.
+        self.exit(2, f"{self.prog}: error: {message}\n" if os.environ.get("RANK", "0") == "0" else None)
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show defaults, except where there is none or the help already says it."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _duration(text):
+    try:
+        return parse_duration(text)
+    except BluError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _long_budget_note(preset, name: str) -> str:
+    seconds, values = preset.long_budget or (0, {})
+    return f" or {values[name]} from --time {seconds:g}" if name in values else ""
+
+
+def _add_config_flags(parser, cls, section):
+    group = parser.add_argument_group(f"{section} (default: the preset's value)")
+    for f in knobs(cls):
+        per_preset = ", ".join(f"{name}: {getattr(getattr(p, section), f.name)}{_long_budget_note(p, f.name)}"
+                               for name, p in PRESETS.items())
+        flag = "--" + f.name.replace("_", "-")
+        if f.type is bool:
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                               help=f"{f.metadata['help']} ({per_preset})")
+        else:
+            group.add_argument(flag, type=f.type, default=None, choices=f.metadata["choices"],
+                               metavar=None if f.metadata["choices"] else "N", help=f"{f.metadata['help']} ({per_preset})")
+
+
+def _add_option_flags(parser, cls):
+    """A flag for each knob of `cls`, whose default is the dataclass's."""
+    for f in knobs(cls):
+        parser.add_argument("--" + f.name.replace("_", "-"), type=f.type, default=f.default,
+                            choices=f.metadata["choices"], help=f.metadata["help"])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="blu", description="Train a small Llama-style language model on a text file and generate from it.")
+    parser.add_argument("--version", action="version", version=f"blu {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    fmt = HelpFormatter
+
+    train = commands.add_parser("train", help="train a model (tiny Shakespeare by default)", formatter_class=fmt)
+    train.add_argument("--data", help="a UTF-8 text file, or a folder, .jsonl, .parquet or .gz of them, to train on "
+                                      "(default: tiny Shakespeare, downloaded once)")
+    train.add_argument("--val-data", help="validate on this text (file or corpus) instead of a share of --data")
+    train.add_argument("--ext", action="append", metavar="SUFFIX",
+                       help="in a --data folder, read only files ending in SUFFIX (repeatable; default: every file)")
+    train.add_argument("--text-field", help="the JSONL field or Parquet column holding the text (default: text)")
+    train.add_argument("--skip-bad-files", action="store_true", default=None,
+                       help="leave out files that are not UTF-8 text (or bad JSONL/Parquet), listing them, "
+                            "instead of refusing the corpus")
+    train.add_argument("--out", help="run folder (default: runs/<name of the data file>)")
+    train.add_argument("--preset", choices=sorted(PRESETS), help="configuration (default: gpu on CUDA, cpu otherwise)")
+    train.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
+                       help="auto = CUDA (bf16), then MPS, then CPU")
+    train.add_argument("--iters", type=int, help="optimizer steps (default: the preset's, when --time is not given)")
+    train.add_argument("--time", type=_duration, help="wall-clock budget: seconds or 90s, 10m, 1h")
+    train.add_argument("--seed", type=int, help="random seed for initialisation and batches (default 1337)")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out from its last saved state")
+    train.add_argument("--force", action="store_true", help="replace a run already in --out")
+    train.add_argument("--tokenizer", choices=KINDS,
+                       help="char: one token per character (default); byte: the 256 UTF-8 bytes; "
+                            "bpe: a byte-level BPE trained on the training text")
+    train.add_argument("--vocab-size", type=int, help=f"tokens in a bpe vocabulary (default {DEFAULT_BPE_VOCAB_SIZE})")
+    train.add_argument("--tokenizer-from", metavar="RUN_OR_FILE", help="reuse the tokenizer of a run folder or a tokenizer.json")
+    train.add_argument("--val-fraction", type=float,
+                       help=f"final share of the text held out for validation (default {VAL_FRACTION}, at most "
+                            f"{MAX_VALIDATION_CHARS:,} characters)")
+    _add_config_flags(train, ModelConfig, "model")
+    _add_config_flags(train, TrainConfig, "train")
+
+    gen = commands.add_parser("generate", help="generate text from a trained run", formatter_class=fmt)
+    gen.add_argument("--run", required=True, help="run folder")
+    gen.add_argument("--prompt", help="text to continue (default: the original Blu's four sample prompts)")
+    gen.add_argument("-i", "--interactive", action="store_true", help="read prompts line by line from stdin")
+    gen.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS, help="how many tokens to generate")
+    _add_option_flags(gen, SamplingOptions)
+    gen.add_argument("--stop", action="append", default=[], metavar="TEXT",
+                     help="stop before this text (repeatable; the stop text is not printed)")
+    gen.add_argument("--num-samples", type=int, default=1, help="continuations per prompt, generated as one batch")
+    gen.add_argument("--seed", type=int, help="same seed, same text (default: random)")
+    gen.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"], help="where to run the model")
+
+    ev = commands.add_parser("eval", help="validation loss and bits per character", formatter_class=fmt)
+    ev.add_argument("--run", required=True, help="run folder")
+    ev.add_argument("--data", help="score this text file instead of the run's validation split")
+    ev.add_argument("--json", action="store_true", help="print one JSON object")
+    ev.add_argument("--stream", action="store_true",
+                    help="loss by position through the generation path, up to 8x the context")
+    ev.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="where to run the model")
+
+    srv = commands.add_parser("serve", help="OpenAI-compatible API, playground page and live training view",
+                              formatter_class=fmt)
+    srv.add_argument("--run", required=True, help="run folder (may be training: newer weights are picked up)")
+    srv.add_argument("--host", default="127.0.0.1", help="address to listen on (anything else than loopback wants --api-key)")
+    srv.add_argument("--port", type=int, default=8000, help="port to listen on")
+    srv.add_argument("--api-key", default=os.environ.get("BLU_API_KEY"),
+                     help="require Authorization: Bearer KEY on /v1 and /api (default: $BLU_API_KEY, or none)")
+    srv.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                     help="let web pages from ORIGIN call the API (repeatable; default: none)")
+    srv.add_argument("--chat-template", metavar="FILE", help="chat template: text with {role} and {content} "
+                     "(default: '{role}: {content}\\n' per message, then 'assistant: ')")
+    srv.add_argument("--max-batch", type=int, default=64, help="choices decoded together; more requests wait")
+    srv.add_argument("--max-queue", type=int, default=256, help="requests waiting; beyond it, 503 with Retry-After")
+    srv.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"], help="where to run the model")
+
+    exp = commands.add_parser("export", help="export a run for other tools", formatter_class=fmt)
+    exp.add_argument("--run", required=True, help="run folder")
+    exp.add_argument("--format", default="hf", choices=["hf", "gguf"],
+                     help="hf = Hugging Face transformers (LlamaForCausalLM), a folder; gguf = llama.cpp, one file")
+    exp.add_argument("--out", required=True, help="folder (hf) or .gguf file (gguf) to write")
+    exp.add_argument("--dtype", choices=["f32", "f16", "bf16", "q8_0"],
+                     help="gguf only: how the weight matrices are stored (default: f32; q8_0 needs rows of a multiple of 32)")
+    return parser
+
+
