@@ -56,8 +56,8 @@ def cmd_train(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    from ..device import pick_device
     from .. import load
+    from ..device import pick_device
 
     run = load(args.run, pick_device(args.device))
     controls = dict(max_new_tokens=args.max_new_tokens, seed=args.seed, stop=args.stop,
