@@ -90,6 +90,10 @@ class World:
                                 timeout=COLLECTIVE_TIMEOUT, device_id=device if device.type == "cuda" else None)
         try:
             yield
+            # Every rank done with its collectives before any tears the group down: a rank that
+            # destroyed it while rank 0 was still saving aborted at exit ("terminate called
+            # without an active exception", seen once in CI). Not after an error: a peer may be gone.
+            dist.barrier()
         finally:
             dist.destroy_process_group()
 
