@@ -22,6 +22,13 @@ def shakespeare() -> Path:
     return shakespeare_path()
 
 
+@pytest.fixture(autouse=True, scope="session")
+def session_cache(tmp_path_factory):
+    """Token shards made by tests (and by the blu processes they start) go to a folder of the
+    session, never to the user's cache; `blu_cache` gives a test one of its own."""
+    os.environ["BLU_CACHE"] = str(tmp_path_factory.mktemp("blu-cache"))
+
+
 @pytest.fixture
 def blu_cache(tmp_path, monkeypatch, shakespeare) -> Path:
     """A cache folder that already holds tiny Shakespeare, so `blu train` without --data works offline."""
@@ -71,15 +78,16 @@ def cli(capfd):
 @pytest.fixture(scope="session")
 def tiny_flags() -> list[str]:
     """`blu train` flags for a model that trains in seconds."""
-    return ["--dim", "32", "--n-layer", "2", "--n-head", "4", "--hidden-dim", "64", "--context", "64",
+    return ["--tokenizer", "char", "--dim", "32", "--n-layer", "2", "--n-head", "4", "--hidden-dim", "64", "--context", "64",
             "--batch-size", "8", "--eval-every", "10", "--lr", "3e-3"]
 
 
 @pytest.fixture(scope="session")
 def make_run():
     """A function creating a small run in `folder` on `corpus` with blu.runs.create_run, as `blu
-    train` does: the cpu preset with a tiny model, 60 steps, frequent evaluations and logs, and
-    `changes` on top (ModelConfig or TrainConfig fields; iters and time_s set the budget)."""
+    train` does: the cpu preset with a tiny model and the char tokenizer, 60 steps, frequent
+    evaluations and logs, and `changes` on top (ModelConfig or TrainConfig fields; iters and
+    time_s set the budget; tokenizer another kind)."""
     from blu.runs import create_run
 
     def make(folder, corpus, **changes):
@@ -87,7 +95,9 @@ def make_run():
                            warmup_iters=10, eval_every=20, log_every=5, sample_chars=20), **changes}
         time_s = settings.pop("time_s", None)
         iters = settings.pop("iters", None if time_s else 60)
-        return create_run(folder, corpus, preset="cpu", overrides=settings, iters=iters, time_s=time_s, device="cpu")
+        tokenizer = settings.pop("tokenizer", "char")
+        return create_run(folder, corpus, preset="cpu", overrides=settings, iters=iters, time_s=time_s, device="cpu",
+                          tokenizer=tokenizer)
 
     return make
 

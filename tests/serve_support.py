@@ -9,7 +9,7 @@ import time
 
 import httpx
 
-TINY_TRAIN = ["--dim", "32", "--n-layer", "2", "--n-head", "4", "--hidden-dim", "64", "--context", "32",
+TINY_TRAIN = ["--tokenizer", "char", "--dim", "32", "--n-layer", "2", "--n-head", "4", "--hidden-dim", "64", "--context", "32",
               "--batch-size", "8", "--lr", "3e-3"]
 
 

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from blu.corpus import read_documents, split_documents, text_parts
+from blu.corpus import Corpus, Source, read_documents, split_documents
 from blu.errors import BluError
 from blu.runs import create_run, resume_run
 
@@ -34,19 +34,19 @@ def folder(tmp_path, shakespeare):
 
 
 def test_a_folder_is_every_file_below_it_in_sorted_order(folder):
-    corpus = read_documents(folder)
-    names = [f["path"] for f in corpus.files]
+    names = [f["path"] for f in Source(folder).manifest()]
     assert names == sorted(names) and "sub/play01.txt" in names and ".git/index" not in names
-    assert "empty.txt" in names and len(corpus.documents) == 13  # 12 plays and the notes; the empty file is no document
-    assert [f["path"] for f in read_documents(folder, ext=[".md"]).files] == ["notes.md"]
+    assert "empty.txt" in names and len(read_documents(folder)) == 13  # 12 plays and the notes; the empty file is no document
+    assert [f["path"] for f in Source(folder, ext=[".md"]).manifest()] == ["notes.md"]
 
 
 def test_a_bad_file_is_named_with_the_reason_or_skipped_and_listed(folder):
     (folder / "sub" / "latin1.txt").write_bytes("café".encode("latin-1"))
     with pytest.raises(BluError, match=r"sub/latin1.txt is not UTF-8: invalid byte 0xe9 at offset 3.*--skip-bad-files"):
         read_documents(folder)
-    corpus = read_documents(folder, skip_bad=True)
-    assert len(corpus.skipped) == 1 and "latin1.txt" in corpus.skipped[0] and len(corpus.documents) == 13
+    plan = Corpus(Source(folder, skip_bad=True), None, 0.1, 0).scan()
+    assert len(plan.skipped) == 1 and "latin1.txt" in plan.skipped[0] and plan.documents == 13
+    assert len(read_documents(folder, skip_bad=True)) == 13
 
 
 def test_jsonl_parquet_and_gzip_give_the_same_documents(tmp_path, shakespeare):
@@ -56,10 +56,10 @@ def test_jsonl_parquet_and_gzip_give_the_same_documents(tmp_path, shakespeare):
     (tmp_path / "docs.jsonl.gz").write_bytes(gzip.compress(lines.encode("utf-8")))
     pq.write_table(pa.table({"content": documents}), tmp_path / "docs.parquet", row_group_size=7)  # 5 row groups
     (tmp_path / "play.txt.gz").write_bytes(gzip.compress(documents[0].encode("utf-8")))
-    assert read_documents(tmp_path / "docs.jsonl").documents == documents
-    assert read_documents(tmp_path / "docs.jsonl.gz").documents == documents
-    assert read_documents(tmp_path / "docs.parquet", text_field="content").documents == documents
-    assert read_documents(tmp_path / "play.txt.gz").documents == documents[:1]
+    assert read_documents(tmp_path / "docs.jsonl") == documents
+    assert read_documents(tmp_path / "docs.jsonl.gz") == documents
+    assert read_documents(tmp_path / "docs.parquet", text_field="content") == documents
+    assert read_documents(tmp_path / "play.txt.gz") == documents[:1]
     with pytest.raises(BluError, match="has no column 'text'.*content"):
         read_documents(tmp_path / "docs.parquet")
     (tmp_path / "bad.jsonl").write_text('{"text": "fine"}\n{"title": "no text"}\n')
@@ -84,15 +84,15 @@ def test_the_split_by_document_does_not_move_when_documents_are_added(shakespear
 def test_a_bpe_run_on_a_folder_ends_each_document_and_refuses_a_changed_corpus(folder, tmp_path):
     run = create_run(tmp_path / "run", folder, preset="cpu", iters=2, tokenizer="bpe", vocab_size=300, device="cpu",
                      overrides=dict(dim=32, n_layer=1, n_head=2, context=32))
-    parts, _, _ = text_parts(folder, 0.1, run.train_config.seed)
+    train, validation = split_documents(read_documents(folder), 0.1, run.train_config.seed)
     end = run.tokenizer.end_id
-    assert int(np.sum(run.train_tokens == end)) == len(parts.train)  # one end-of-text after each training document
-    assert int(np.sum(run.val_tokens == end)) == len(parts.validation) >= 1
+    assert int(np.sum(run.train_tokens.read() == end)) == len(train)  # one end-of-text after each training document
+    assert int(np.sum(run.val_tokens == end)) == len(validation) >= 1
     assert run.val_bytes[run.val_tokens == end].sum() == 0
-    assert int(run.val_bytes.sum()) == sum(len(d.encode("utf-8")) for d in parts.validation)
+    assert int(run.val_bytes.sum()) == sum(len(d.encode("utf-8")) for d in validation)
     record = json.loads((tmp_path / "run" / "config.json").read_text())["data"]
-    assert record["kind"] == "documents" and record["validation"]["documents"] == len(parts.validation)
-    assert resume_run(tmp_path / "run").train_tokens.tolist() == run.train_tokens.tolist()
+    assert record["kind"] == "documents" and record["validation"]["documents"] == len(validation)
+    assert resume_run(tmp_path / "run").train_tokens.read().tolist() == run.train_tokens.read().tolist()
     play = folder / "sub" / "play01.txt"
     play.write_text(play.read_text() + "!")
     with pytest.raises(BluError, match="has changed since this run was trained on it"):
@@ -102,8 +102,8 @@ def test_a_bpe_run_on_a_folder_ends_each_document_and_refuses_a_changed_corpus(f
 def test_explicit_validation_data(folder, tmp_path, shakespeare):
     held_out = tmp_path / "held_out.txt"
     held_out.write_text(shakespeare.read_text(encoding="utf-8")[-5_000:], encoding="utf-8")
-    run = create_run(tmp_path / "run", folder, preset="cpu", iters=2, device="cpu", val_data=held_out,
+    run = create_run(tmp_path / "run", folder, preset="cpu", iters=2, device="cpu", val_data=held_out, tokenizer="char",
                      overrides=dict(dim=32, n_layer=1, n_head=2, context=32))
     assert len(run.val_tokens) == 5_000  # char: the whole held-out file, one token per character
-    assert len(run.train_tokens) == sum(len(d) for d in read_documents(folder).documents)
+    assert len(run.train_tokens) == sum(len(d) for d in read_documents(folder))
     assert resume_run(tmp_path / "run").val_tokens.tolist() == run.val_tokens.tolist()

@@ -1,3 +1,5 @@
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import numpy as np
 import pytest
 
@@ -91,6 +93,22 @@ def test_bpe_round_trips_and_matches_its_native_file(bpe, tmp_path):
         assert bpe.end_id not in ids  # "<|endoftext|>" written in text is never the token
         assert bpe.byte_lengths(text, np.array(ids)).sum() == len(text.encode("utf-8"))
     assert len(bpe.encode("ROMEO: and the king")) < len("ROMEO: and the king")  # it learned merges
+
+
+@pytest.mark.parametrize("vocab_size", [300, 4096])
+def test_tiktoken_encodes_the_ids_of_tokenizers(shakespeare, vocab_size):
+    """blu encodes BPE with tiktoken (5x faster); `tokenizers`, which wrote the merges, must agree."""
+    text = shakespeare.read_text(encoding="utf-8")
+    tok = build_tokenizer("bpe", text[:900_000], vocab_size)
+    assert tok.fast is not None
+    for sample in [text, *HARD_CASES, "".join(HARD_CASES), "  \n\n\t x", "x\u00a0y\u2003z \u3000 end  "]:
+        assert tok.encode(sample) == tok.hf.encode(sample, add_special_tokens=False).ids
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(alphabet=st.characters(codec="utf-8"), max_size=80) | st.text(alphabet=" \t\n\r'sdlvetmAé1日🙂.,-", max_size=80))
+def test_tiktoken_agrees_on_any_text(bpe, text):
+    assert bpe.encode(text) == bpe.hf.encode(text, add_special_tokens=False).ids
 
 
 def test_bpe_training_is_reproducible(shakespeare):

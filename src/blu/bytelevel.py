@@ -12,6 +12,7 @@ The end-of-text token follows every document. It is never produced from text: th
 """
 
 import codecs
+import json
 
 import numpy as np
 from tokenizers import Tokenizer as HFTokenizer
@@ -21,7 +22,8 @@ from .errors import BluError
 from .tokenizer import StreamDecoder, Tokenizer
 
 END_OF_TEXT = "<|endoftext|>"
-MAX_TRAINING_CHARS = 200_000_000  # BPE trains on at most this much of the training text (memory and time bound)
+# BPE trains on at most this much of the training text: about 13 s and 0.5 GB on 2 cores (BENCHMARKS.md).
+MAX_TRAINING_CHARS = 100_000_000
 CHUNK_CHARS = 1 << 20  # the training text reaches the trainer in pieces of this size
 
 
@@ -50,10 +52,10 @@ def byte_tokenizer() -> "ByteLevelTokenizer":
     return ByteLevelTokenizer(_bare_tokenizer(vocab, []))
 
 
-def train_bpe(text: str, vocab_size: int) -> "ByteLevelTokenizer":
+def train_bpe(texts, vocab_size: int) -> "ByteLevelTokenizer":
     """A byte-level BPE of `vocab_size` tokens (the 256 bytes, merges, end-of-text) trained on
-    `text` (its first MAX_TRAINING_CHARS characters). The same text and size give a
-    byte-identical tokenizer.json."""
+    `texts` (an iterable of str: their first MAX_TRAINING_CHARS characters, each cut into
+    pieces of at most CHUNK_CHARS). The same texts and size give a byte-identical tokenizer.json."""
     if not 258 <= vocab_size <= 1 << 20:
         raise BluError(f"vocab-size for bpe must be between 258 (the 256 bytes, one merge, end-of-text) "
                        f"and {1 << 20}, got {vocab_size}")
@@ -61,10 +63,19 @@ def train_bpe(text: str, vocab_size: int) -> "ByteLevelTokenizer":
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     trainer = trainers.BpeTrainer(vocab_size=vocab_size - 1, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   min_frequency=2, show_progress=False)
-    sample = text[:MAX_TRAINING_CHARS]
-    tokenizer.train_from_iterator((sample[i : i + CHUNK_CHARS] for i in range(0, len(sample), CHUNK_CHARS)), trainer)
+    tokenizer.train_from_iterator(_bounded(texts, MAX_TRAINING_CHARS), trainer)
     _configure(tokenizer)  # end-of-text after the merges: the last id, as in GPT-2
     return ByteLevelTokenizer(tokenizer)
+
+
+def _bounded(texts, limit: int):
+    """The texts, each in pieces of at most CHUNK_CHARS, until `limit` characters have gone by."""
+    for text in texts:
+        for i in range(0, min(len(text), limit), CHUNK_CHARS):
+            yield text[i : min(i + CHUNK_CHARS, limit)]
+        limit -= len(text)
+        if limit <= 0:
+            return
 
 
 class ByteLevelTokenizer(Tokenizer):
@@ -87,6 +98,7 @@ class ByteLevelTokenizer(Tokenizer):
         if self.kind == "byte" and any(self.token_bytes[b] != bytes([b]) for b in range(256)):
             raise BluError("a byte tokenizer must give each byte its own value as its id")
         self.byte_lengths_by_id = np.array([len(b) for b in self.token_bytes], dtype=np.int64)
+        self.fast = _tiktoken_encoding(self) if self.kind == "bpe" else None
 
     @property
     def vocab_size(self) -> int:
@@ -98,6 +110,8 @@ class ByteLevelTokenizer(Tokenizer):
     def encode_array(self, text: str) -> tuple[np.ndarray, int]:
         if self.kind == "byte":  # ids are the byte values
             return np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(self.dtype), 0
+        if self.fast is not None:
+            return np.array(self.fast.encode_ordinary(text), dtype=self.dtype), 0
         return np.array(self.hf.encode(text, add_special_tokens=False).ids, dtype=self.dtype), 0
 
     def byte_lengths(self, text: str, ids: np.ndarray) -> np.ndarray:
@@ -117,6 +131,35 @@ class ByteLevelTokenizer(Tokenizer):
 
     def to_json(self) -> str:
         return self.hf.to_str(pretty=True)
+
+
+# GPT-2's pre-tokenization regex as tiktoken writes it (possessive, for speed): the same pieces as
+# the ByteLevel pre-tokenizer's `'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+`.
+GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
+
+
+def _tiktoken_encoding(tokenizer: "ByteLevelTokenizer"):
+    """The same merges as a tiktoken encoding, about 5x faster than `tokenizers` on one core
+    (BENCHMARKS.md), or None without tiktoken or for merges it would apply differently.
+
+    tiktoken merges the adjacent pair whose concatenation has the lowest rank; `tokenizers`
+    merges the pair that comes first in its merge list. Taking each token's id as its rank,
+    the two agree when every merge makes a new token and ids grow with the merge order, which
+    this checks (a trained file always passes); tests check the ids on real text."""
+    try:
+        import tiktoken
+    except ImportError:
+        return None
+    model = json.loads(tokenizer.hf.to_str())["model"]
+    vocab, last = model["vocab"], -1
+    for merge in model["merges"]:
+        left, right = merge.split(" ") if isinstance(merge, str) else merge
+        made = vocab.get(left + right)
+        if made is None or made <= last:
+            return None
+        last = made
+    ranks = {token: index for index, token in enumerate(tokenizer.token_bytes) if index != tokenizer.end_id}
+    return tiktoken.Encoding("blu", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={})
 
 
 class Utf8StreamDecoder(StreamDecoder):

@@ -1,5 +1,5 @@
-"""Corpora: reading text files strictly, the default tiny Shakespeare dataset,
-the train/validation split and the seeded batch sampler."""
+"""Text files: reading one strictly, the default tiny Shakespeare dataset, where one text is
+cut into training and validation, and the seeded batch sampler."""
 
 import hashlib
 import itertools
@@ -79,9 +79,9 @@ def decode_text(path, data: bytes) -> str:
         raise BluError(f"{path} is not UTF-8: invalid byte 0x{data[error.start]:02x} at offset {error.start}") from None
 
 
-def split(text, context: int, name: str = "the corpus", fraction: float = VAL_FRACTION):
-    """The text (a str, cut between characters, or an array) in two: the final `fraction` of it,
-    at most MAX_VALIDATION_CHARS, for validation and the rest for training; refusing texts too
+def split_point(n: int, context: int, name: str = "the corpus", fraction: float = VAL_FRACTION) -> int:
+    """Where a text of `n` characters (or tokens) is cut in two: the final `fraction` of it, at
+    most MAX_VALIDATION_CHARS, for validation and the rest for training; refusing texts too
     short to train on. Cutting the text, not its tokens, scores the same text whatever the
     tokenizer."""
     if not 0 < fraction < 1:
@@ -93,13 +93,18 @@ def split(text, context: int, name: str = "the corpus", fraction: float = VAL_FR
     def fits(n: int) -> bool:
         return validation_size(n) >= 2 and n - validation_size(n) >= context + 1
 
-    if not fits(len(text)):
-        need = next(n for n in itertools.count(context + 1) if fits(n))
+    if not fits(n):
+        need = next(m for m in itertools.count(context + 1) if fits(m))
         raise BluError(
-            f"{name} is too short: {len(text)} characters; a context of {context} needs at least {need}"
+            f"{name} is too short: {n} characters; a context of {context} needs at least {need}"
             f" (a training window plus a {fraction:.0%} validation split)"
         )
-    cut = len(text) - validation_size(len(text))
+    return n - validation_size(n)
+
+
+def split(text, context: int, name: str = "the corpus", fraction: float = VAL_FRACTION):
+    """The text (a str or an array) cut at its split_point: (training part, validation part)."""
+    cut = split_point(len(text), context, name, fraction)
     return text[:cut], text[cut:]
 
 
@@ -124,7 +129,11 @@ class BatchSampler:
         """(inputs, targets), each (batch_size, context) int64; targets are inputs shifted by one."""
         high = len(self.tokens) - self.context  # the last start that leaves room for the target
         starts = torch.randint(0, high, (self._global_batch,), generator=self.generator).numpy()[self._mine]
-        windows = torch.from_numpy(self.tokens[starts[:, None] + self._offsets].astype(np.int64))
+        if isinstance(self.tokens, np.ndarray):
+            windows = self.tokens[starts[:, None] + self._offsets].astype(np.int64)
+        else:  # token shards on disk (shards.TokenShards)
+            windows = self.tokens.windows(starts, self.context + 1)
+        windows = torch.from_numpy(windows)
         return windows[:, :-1], windows[:, 1:]
 
 

@@ -7,29 +7,41 @@ loading one to generate or evaluate. This module defines what config.json holds:
     model        the ModelConfig fields
     train        the TrainConfig fields (with the budget it was created with: a resume given a new
                  one uses it without writing it here)
-    data         path: the training file, absolute (null: tiny Shakespeare from the cache);
-                 sha256: of its text, so that a changed file is refused; chars: its length
+    data         where the text came from and which of it is validation (corpus.Corpus.record):
+                 path (absolute; null: tiny Shakespeare from the cache), a file's sha256 and chars,
+                 or a corpus's files (path, bytes, sha256 each), so that a changed corpus is
+                 refused; the split settings and the validation text's size and SHA-256; and
+                 tokens: the cache folder of its token shards (shards.py) and their counts
 
 tokenizer.json beside it holds the tokenizer (see tokenizer.py). The files themselves are
 read and written by checkpoint.py."""
 
 from dataclasses import dataclass, field, fields, replace
+import math
 from pathlib import Path
+import sys
 from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from . import __version__
+from .bytelevel import MAX_TRAINING_CHARS
 from .checkpoint import atomic_write, clear_run, load_weights, read_json, write_json
 from .config import PRESETS, ModelConfig, TrainConfig, configs_for, from_dict, to_dict
-from .corpus import text_parts
-from .data import SHAKESPEARE_NAME, VAL_FRACTION, load_text, split
+from .corpus import Corpus, Source, check_unchanged
+from .data import SHAKESPEARE_NAME, VAL_FRACTION, load_text, split_point
 from .device import pick_device
 from .distributed import World
 from .errors import BluError
 from .model import Transformer
-from .tokenizer import Tokenizer, build_tokenizer, tokenizer_from_json
+from .shards import CorpusCache, Prepared, TokenShards, tokens_dir
+from .tokenizer import DEFAULT_KIND, Tokenizer, build_tokenizer, tokenizer_from_json
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
 
 FORMAT = 1  # bump when a run folder written by this version cannot be read by an older one
 
@@ -43,7 +55,7 @@ class Run:
     model_config: ModelConfig
     train_config: TrainConfig
     tokenizer: Tokenizer
-    train_tokens: np.ndarray
+    train_tokens: TokenShards  # on disk, in the cache folder
     val_tokens: np.ndarray
     val_bytes: np.ndarray  # the UTF-8 bytes each validation token stands for (bits per byte)
     resumed: bool = False  # go on from the state saved in last/ (from step 0 if there is none)
@@ -58,28 +70,29 @@ def create_run(out=None, data=None, preset: str | None = None, overrides: dict |
                iters: int | None = None, time_s: float | None = None, force: bool = False, device=None,
                tokenizer: str | None = None, vocab_size: int | None = None, tokenizer_from=None,
                val_fraction: float | None = None, val_data=None, ext: list[str] | None = None,
-               text_field: str | None = None, skip_bad_files: bool | None = None) -> Run:
+               text_field: str | None = None, skip_bad_files: bool | None = None, workers: int | None = None,
+               log=_say) -> Run:
     """A new run in `out` (default runs/<name of the data>) on `data` (None: tiny Shakespeare; a
     text file, or a folder, JSONL, Parquet or gzip corpus read by corpus.py with `ext`,
     `text_field` and `skip_bad_files`): the configuration of `preset` (default: gpu on CUDA, cpu otherwise, by
     `device`, default this machine's) with `overrides` (ModelConfig and TrainConfig field names;
     None keeps the preset's value) and the budget `iters` steps or `time_s` seconds (neither: the
     preset's steps). A folder that holds a run is refused unless `force`, which replaces it.
-    The tokenizer is a new one of kind `tokenizer` (char by default; `vocab_size` for bpe),
+    The tokenizer is a new one of kind `tokenizer` (bpe by default, of `vocab_size` tokens),
     built from the training part of the text only, or the one in `tokenizer_from` (a run folder
     or a tokenizer.json). A `val_fraction` of the text is for validation (see corpus.py), or all
-    of `val_data`.
-    Writes config.json and tokenizer.json; nothing is written if anything is wrong."""
+    of `val_data`. The text is tokenized into the cache folder by `workers` processes (default:
+    one per core for a large corpus), or read from there (shards.py); `log` says what happened.
+    Writes config.json and tokenizer.json; nothing is written to the run folder if anything is wrong."""
     _check_budget(iters, time_s)
     overrides = overrides or {}
     settable = {f.name for f in fields(ModelConfig) + fields(TrainConfig)} - {"vocab_size", "iters", "time_s"}
     if unknown := sorted(set(overrides) - settable):
         raise BluError(f"unknown settings: {', '.join(unknown)} (the budget is given as iters or time_s)")
     val_fraction = VAL_FRACTION if val_fraction is None else val_fraction
-    seed = overrides.get("seed") or TrainConfig.seed
-    parts, path, skipped = text_parts(data, val_fraction, seed, ext, text_field or "text", bool(skip_bad_files),
-                                      val_data=val_data)
-    folder = Path(out or Path("runs") / path.stem)
+    seed = TrainConfig.seed if overrides.get("seed") is None else overrides["seed"]
+    corpus = open_corpus(data, val_data, val_fraction, seed, ext, text_field or "text", bool(skip_bad_files))
+    folder = Path(out or Path("runs") / corpus.train.root.stem)
     if holds_run(folder) and not force:
         raise BluError(f"{folder} already holds a run: add --resume to continue it, --force to replace it, "
                        "or choose another --out")
@@ -87,25 +100,83 @@ def create_run(out=None, data=None, preset: str | None = None, overrides: dict |
         preset = "gpu" if (torch.device(device) if device else pick_device("auto")).type == "cuda" else "cpu"
     if preset not in PRESETS:
         raise BluError(f"preset must be one of {', '.join(sorted(PRESETS))}, got {preset!r}")
-    if tokenizer_from is not None:
-        if tokenizer is not None or vocab_size is not None:
-            raise BluError("--tokenizer-from reuses a tokenizer: give it without --tokenizer or --vocab-size")
-        tokens_of = read_tokenizer(tokenizer_from)
-    else:
-        tokens_of = build_tokenizer(tokenizer or "char", "".join(parts.train), vocab_size)
+    manifests = corpus.manifests()
+    cache = CorpusCache(corpus, manifests, log)
+    plan = cache.plan()
+    tokens_of = choose_tokenizer(corpus, cache, plan, tokenizer, vocab_size, tokenizer_from)
     model_config, train_config = configs_for(preset, overrides, tokens_of.vocab_size, iters, time_s)
-    train_tokens, val = _encode_parts(parts, tokens_of, model_config.context, path)
+    prepared = _prepare(corpus, cache, plan, tokens_of, model_config.context, workers)
+    record = {**corpus.record(manifests, plan, prepared.index["validation"]["chars"], prepared.index["validation"]["sha256"]),
+              "tokens": _tokens_record(prepared)}
     meta = {"blu_version": __version__, "format": FORMAT, "preset": preset, "tokenizer": tokens_of.kind,
-            "model": to_dict(model_config), "train": to_dict(train_config), "data": parts.record}
+            "model": to_dict(model_config), "train": to_dict(train_config), "data": record}
     if force:
         clear_run(folder)
     write_json(folder / "config.json", meta)
     atomic_write(folder / "tokenizer.json", tokens_of.to_json().encode())
-    return Run(folder, meta, model_config, train_config, tokens_of, train_tokens, val.tokens, val.byte_lengths, skipped=skipped)
+    return Run(folder, meta, model_config, train_config, tokens_of, prepared.train, prepared.val_tokens,
+               prepared.val_bytes, skipped=plan.skipped)
+
+
+def open_corpus(data, val_data, fraction: float, seed: int, ext=None, text_field: str = "text",
+                skip_bad: bool = False) -> Corpus:
+    """The corpus of --data (None: tiny Shakespeare) and --val-data, its files listed."""
+    def source(path):
+        return Source(Path(path) if path is not None else None, ext, text_field, skip_bad)
+
+    return Corpus(source(data), source(val_data) if val_data is not None else None, fraction, seed)
+
+
+def choose_tokenizer(corpus: Corpus, cache: CorpusCache, plan, kind: str | None, vocab_size: int | None,
+                     tokenizer_from=None) -> Tokenizer:
+    """The tokenizer in `tokenizer_from` (a run folder or a tokenizer.json), or a new one of
+    `kind` (default bpe) built from the corpus's training text only and kept in its cache."""
+    if tokenizer_from is not None:
+        if kind is not None or vocab_size is not None:
+            raise BluError("--tokenizer-from reuses a tokenizer: give it without --tokenizer or --vocab-size")
+        return read_tokenizer(tokenizer_from)
+    kind = kind or DEFAULT_KIND
+    if kind != "bpe":
+        build_tokenizer(kind, [], vocab_size)  # a bad kind or size is refused before any reading
+    # A BPE learns from at most MAX_TRAINING_CHARS of the text: every n-th piece, spread over the corpus.
+    stride = max(1, math.ceil(plan.chars[0] / MAX_TRAINING_CHARS)) if kind == "bpe" else 1
+    return cache.tokenizer(kind, vocab_size, lambda: build_tokenizer(
+        kind, (p.text for i, p in enumerate(corpus.pieces(plan, validation=False)) if i % stride == 0), vocab_size))
+
+
+def prepare(data=None, val_data=None, val_fraction: float | None = None, seed: int | None = None, ext=None,
+            text_field: str | None = None, skip_bad_files: bool | None = None, tokenizer: str | None = None,
+            vocab_size: int | None = None, tokenizer_from=None, workers: int | None = None, log=None) -> Prepared:
+    """The token shards `blu train` with these settings would read, built now if they are not
+    in the cache (`blu prepare`)."""
+    corpus = open_corpus(data, val_data, VAL_FRACTION if val_fraction is None else val_fraction,
+                         TrainConfig.seed if seed is None else seed, ext, text_field or "text", bool(skip_bad_files))
+    cache = CorpusCache(corpus, corpus.manifests(), log or _say)
+    plan = cache.plan()
+    return cache.tokens(plan, choose_tokenizer(corpus, cache, plan, tokenizer, vocab_size, tokenizer_from), workers)
+
+
+def _prepare(corpus: Corpus, cache: CorpusCache, plan, tokenizer: Tokenizer, context: int, workers=None) -> Prepared:
+    """The corpus's tokens (from the cache, or tokenized into it), checked against the context."""
+    name = str(corpus.train.root)
+    if plan.from_char is not None:  # one file cut in two: the exact minimum, in characters
+        split_point(plan.chars[0], context, name, corpus.fraction)
+    prepared = cache.tokens(plan, tokenizer, workers)
+    if len(prepared.train) < context + 1:
+        raise BluError(f"{name} is too short for a context of {context}: its training text is {len(prepared.train)} "
+                       "tokens; give more text or a smaller --context")
+    if len(prepared.val_tokens) < 2:
+        raise BluError(f"{name}: the validation text is too short to score (fewer than 2 tokens)")
+    return prepared
+
+
+def _tokens_record(prepared: Prepared) -> dict:
+    return {"cache": str(prepared.folder.relative_to(tokens_dir())), "train": len(prepared.train),
+            "validation": len(prepared.val_tokens)}
 
 
 def resume_run(out, iters: int | None = None, time_s: float | None = None, data=None, preset: str | None = None,
-               overrides: dict | None = None, force: bool = False, **text_settings) -> Run:
+               overrides: dict | None = None, force: bool = False, log=_say, **text_settings) -> Run:
     """The run in `out`, to go on from its last saved state with the data and configuration it
     was created with. `iters` and `time_s`, when either is given, replace its budget (a new total,
     not more on top). Nothing else may change: `data`, `preset`, `overrides` (values other than
@@ -125,10 +196,10 @@ def resume_run(out, iters: int | None = None, time_s: float | None = None, data=
     if iters is not None or time_s is not None:  # a new budget replaces the saved one
         train_config = replace(train_config, iters=iters or 0, time_s=time_s or 0.0)
     train_config.validate()
-    parts, path, skipped = _training_text(meta, train_config.seed)
-    train_tokens, val = _encode_parts(parts, tokenizer, model_config.context, path)
-    return Run(folder, meta, model_config, train_config, tokenizer, train_tokens, val.tokens, val.byte_lengths,
-               resumed=True, skipped=skipped)
+    corpus, cache, plan = _trained_corpus(meta, train_config.seed, log)
+    prepared = _prepare(corpus, cache, plan, tokenizer, model_config.context)
+    return Run(folder, meta, model_config, train_config, tokenizer, prepared.train, prepared.val_tokens,
+               prepared.val_bytes, resumed=True, skipped=plan.skipped)
 
 
 def open_run(world: World, resume: bool, out, iters, time_s, **settings) -> Run:
@@ -187,10 +258,10 @@ class ScoredText(NamedTuple):
     unknown: int
 
 
-def validation_text(meta: dict, tokenizer: Tokenizer, context: int) -> ScoredText:
+def validation_text(meta: dict, tokenizer: Tokenizer, log=_say) -> ScoredText:
     """The validation part of the text a run was trained on (`meta`: its config.json)."""
-    parts, path, _ = _training_text(meta, from_dict(TrainConfig, meta.get("train")).seed)
-    return _encode(parts.validation, tokenizer, ends=True)
+    corpus, cache, plan = _trained_corpus(meta, from_dict(TrainConfig, meta.get("train")).seed, log)
+    return ScoredText(*cache.validation(plan, tokenizer))
 
 
 def file_text(path, tokenizer: Tokenizer) -> ScoredText:
@@ -221,8 +292,8 @@ def _check_budget(iters, time_s) -> None:
         raise BluError(f"duration must be positive, got {time_s!r}")
 
 
-def _training_text(meta: dict, seed: int):
-    """The parts of the text a run was trained on, read again as it was, refused if it changed."""
+def _trained_corpus(meta: dict, seed: int, log) -> tuple[Corpus, CorpusCache, object]:
+    """The corpus a run was trained on, its cache and its split, refused if it changed."""
     data = meta.get("data")
     if not (isinstance(data, dict) and isinstance(data.get("path"), (str, type(None)))):
         raise BluError("config.json does not say which text the run was trained on (its data section is missing or damaged)")
@@ -231,36 +302,9 @@ def _training_text(meta: dict, seed: int):
         raise BluError("config.json: data.val_fraction should be a number")
     explicit = data.get("kind") == "explicit validation"
     source = data["train"] if explicit else data
-    return text_parts(source["path"], fraction, seed, source.get("ext"), source.get("text_field", "text"),
-                      source.get("skip_bad_files", False), expected=data,
-                      val_data=data["validation"]["path"] if explicit else None)
-
-
-def _encode(parts: list[str], tokenizer: Tokenizer, ends: bool) -> ScoredText:
-    """The tokens of consecutive parts of text, each followed (`ends`) by the end-of-text token
-    where the tokenizer has one; the bytes each token stands for; the unknown characters."""
-    tokens, lengths, unknown = [], [], 0
-    for part in parts:
-        ids, n_unknown = tokenizer.encode_array(part)
-        tokens.append(ids)
-        lengths.append(tokenizer.byte_lengths(part, ids))
-        unknown += n_unknown
-        if ends and tokenizer.end_id is not None:
-            tokens.append(np.array([tokenizer.end_id], dtype=tokenizer.dtype))
-            lengths.append(np.zeros(1, dtype=np.int64))
-    return ScoredText(np.concatenate(tokens).astype(tokenizer.dtype), np.concatenate(lengths), unknown)
-
-
-def _encode_parts(parts, tokenizer: Tokenizer, context: int, path: Path) -> tuple[np.ndarray, ScoredText]:
-    """Training tokens and the scored validation text. A plain file's training part is the start
-    of its one document (no end-of-text after it); its validation part ends the document."""
-    if "from_char" in parts.record.get("validation", {}):  # one file cut in two: the exact minimum, in characters
-        split(parts.train[0] + parts.validation[0], context, str(path), parts.record["val_fraction"])
-    train = _encode(parts.train, tokenizer, ends=parts.documents)
-    if len(train.tokens) < context + 1:
-        raise BluError(f"{path} is too short for a context of {context}: its training text is {len(train.tokens)} "
-                       "tokens; give more text or a smaller --context")
-    validation = _encode(parts.validation, tokenizer, ends=True)
-    if len(validation.tokens) < 2:
-        raise BluError(f"{path}: the validation text is too short to score (fewer than 2 tokens)")
-    return train.tokens, validation
+    corpus = open_corpus(source["path"], data["validation"]["path"] if explicit else None, fraction, seed,
+                         source.get("ext"), source.get("text_field", "text"), source.get("skip_bad_files", False))
+    manifests = corpus.manifests()
+    check_unchanged(data, manifests, corpus.sources())
+    cache = CorpusCache(corpus, manifests, log)
+    return corpus, cache, cache.plan()

@@ -55,6 +55,27 @@ def cmd_train(args) -> int:
     return 130 if interrupted else 0
 
 
+def cmd_prepare(args) -> int:
+    from ..runs import prepare
+    from ..shards import list_cache, tokens_dir
+
+    if args.list:
+        entries = list_cache()
+        for e in entries:
+            print(f"{e['megabytes']:>10,.1f} MB  {e['tokens']:>14,} tokens  {e['tokenizer']:<10} {e['created']}  "
+                  f"{e['corpus']}  {e['folder']}")
+        say(f"{len(entries)} tokenized corpora in {tokens_dir()} (delete a folder to free its space; "
+            "blu train tokenizes again when needed)")
+        return 0
+    if args.workers is not None and args.workers < 1:
+        raise BluError(f"--workers must be at least 1, got {args.workers}")
+    prepared = prepare(args.data, args.val_data, args.val_fraction, args.seed, args.ext, args.text_field,
+                       args.skip_bad_files, args.tokenizer, args.vocab_size, args.tokenizer_from, args.workers, say)
+    say(f"{len(prepared.train):,} training and {len(prepared.val_tokens):,} validation tokens "
+        f"({prepared.index['tokenizer']} {prepared.index['vocab_size']}) in {prepared.folder}")
+    return 0
+
+
 def cmd_generate(args) -> int:
     from .. import load
     from ..device import pick_device
@@ -125,7 +146,7 @@ def cmd_eval(args) -> int:
     from ..runs import file_text, load_run, validation_text
 
     meta, model, tokenizer = load_run(args.run, pick_device(args.device))
-    text = file_text(args.data, tokenizer) if args.data else validation_text(meta, tokenizer, model.config.context)
+    text = file_text(args.data, tokenizer) if args.data else validation_text(meta, tokenizer, log=say)
     if text.unknown:
         say(f"blu: {text.unknown} characters of {args.data or 'the validation text'} are not in the vocabulary; "
             "they are scored as <unk>")
@@ -184,7 +205,7 @@ def cmd_serve(args) -> int:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    command = {"train": cmd_train, "generate": cmd_generate, "eval": cmd_eval, "export": cmd_export,
+    command = {"train": cmd_train, "prepare": cmd_prepare, "generate": cmd_generate, "eval": cmd_eval, "export": cmd_export,
                "serve": cmd_serve}[args.command]
     try:
         return command(args)

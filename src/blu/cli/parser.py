@@ -60,6 +60,28 @@ def _add_option_flags(parser, cls):
                             choices=f.metadata["choices"], help=f.metadata["help"])
 
 
+def _add_text_flags(parser) -> None:
+    """What text a run reads and how it is tokenized: the flags blu train and blu prepare share."""
+    parser.add_argument("--data", help="a UTF-8 text file, or a folder, .jsonl, .parquet or .gz of them, to train on "
+                                       "(default: tiny Shakespeare, downloaded once)")
+    parser.add_argument("--val-data", help="validate on this text (file or corpus) instead of a share of --data")
+    parser.add_argument("--ext", action="append", metavar="SUFFIX",
+                        help="in a --data folder, read only files ending in SUFFIX (repeatable; default: every file)")
+    parser.add_argument("--text-field", help="the JSONL field or Parquet column holding the text (default: text)")
+    parser.add_argument("--skip-bad-files", action="store_true", default=None,
+                        help="leave out files that are not UTF-8 text (or bad JSONL/Parquet), listing them, "
+                             "instead of refusing the corpus")
+    parser.add_argument("--tokenizer", choices=KINDS,
+                        help="bpe: a byte-level BPE trained on the training text (default); char: one token per "
+                             "character; byte: the 256 UTF-8 bytes")
+    parser.add_argument("--vocab-size", type=int, help=f"tokens in a bpe vocabulary (default {DEFAULT_BPE_VOCAB_SIZE})")
+    parser.add_argument("--tokenizer-from", metavar="RUN_OR_FILE", help="reuse the tokenizer of a run folder or a tokenizer.json")
+    parser.add_argument("--val-fraction", type=float,
+                        help=f"share of the text held out for validation (default {VAL_FRACTION}, at most "
+                             f"{MAX_VALIDATION_CHARS:,} characters)")
+    parser.add_argument("--seed", type=int, help="random seed for the split, initialisation and batches (default 1337)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="blu", description="Train a small Llama-style language model on a text file and generate from it.")
     parser.add_argument("--version", action="version", version=f"blu {__version__}")
@@ -67,34 +89,26 @@ def build_parser() -> argparse.ArgumentParser:
     fmt = HelpFormatter
 
     train = commands.add_parser("train", help="train a model (tiny Shakespeare by default)", formatter_class=fmt)
-    train.add_argument("--data", help="a UTF-8 text file, or a folder, .jsonl, .parquet or .gz of them, to train on "
-                                      "(default: tiny Shakespeare, downloaded once)")
-    train.add_argument("--val-data", help="validate on this text (file or corpus) instead of a share of --data")
-    train.add_argument("--ext", action="append", metavar="SUFFIX",
-                       help="in a --data folder, read only files ending in SUFFIX (repeatable; default: every file)")
-    train.add_argument("--text-field", help="the JSONL field or Parquet column holding the text (default: text)")
-    train.add_argument("--skip-bad-files", action="store_true", default=None,
-                       help="leave out files that are not UTF-8 text (or bad JSONL/Parquet), listing them, "
-                            "instead of refusing the corpus")
+    _add_text_flags(train)
     train.add_argument("--out", help="run folder (default: runs/<name of the data file>)")
     train.add_argument("--preset", choices=sorted(PRESETS), help="configuration (default: gpu on CUDA, cpu otherwise)")
     train.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
                        help="auto = CUDA (bf16), then MPS, then CPU")
     train.add_argument("--iters", type=int, help="optimizer steps (default: the preset's, when --time is not given)")
     train.add_argument("--time", type=_duration, help="wall-clock budget: seconds or 90s, 10m, 1h")
-    train.add_argument("--seed", type=int, help="random seed for initialisation and batches (default 1337)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its last saved state")
     train.add_argument("--force", action="store_true", help="replace a run already in --out")
-    train.add_argument("--tokenizer", choices=KINDS,
-                       help="char: one token per character (default); byte: the 256 UTF-8 bytes; "
-                            "bpe: a byte-level BPE trained on the training text")
-    train.add_argument("--vocab-size", type=int, help=f"tokens in a bpe vocabulary (default {DEFAULT_BPE_VOCAB_SIZE})")
-    train.add_argument("--tokenizer-from", metavar="RUN_OR_FILE", help="reuse the tokenizer of a run folder or a tokenizer.json")
-    train.add_argument("--val-fraction", type=float,
-                       help=f"final share of the text held out for validation (default {VAL_FRACTION}, at most "
-                            f"{MAX_VALIDATION_CHARS:,} characters)")
     _add_config_flags(train, ModelConfig, "model")
     _add_config_flags(train, TrainConfig, "train")
+
+    prepare = commands.add_parser(
+        "prepare", formatter_class=fmt, help="tokenize a corpus into the cache now (blu train does it when needed)",
+        description="Tokenize a corpus into token shards in the cache folder ($BLU_CACHE/tokens, default "
+                    "~/.cache/blu/tokens), as blu train with the same text flags would: before a multi-node launch, "
+                    "say. Delete a folder there to free its space.")
+    _add_text_flags(prepare)
+    prepare.add_argument("--workers", type=int, help="tokenizing processes (default: one per core)")
+    prepare.add_argument("--list", action="store_true", help="list what the cache holds, and stop")
 
     gen = commands.add_parser("generate", help="generate text from a trained run", formatter_class=fmt)
     gen.add_argument("--run", required=True, help="run folder")

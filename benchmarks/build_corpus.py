@@ -1,0 +1,68 @@
+"""A corpus of real text built offline from Debian packages, for the corpus benchmarks: every
+UTF-8 text file below the given folders (gzip files decompressed; binary, non-UTF-8 and
+empty files left out), each file once, as one document of JSONL files of 64 MB, until the
+given size is reached. No file is repeated, so BPE and compression figures mean something.
+
+    cd /tmp/debs && apt-get download linux-doc-6.1 perl-doc python3.11-doc linux-source-6.1   # 197 MB
+    for d in *.deb; do dpkg-deb -x $d root/; done; tar -xJf root/usr/src/linux-source-6.1.tar.xz -C root/
+    R=/tmp/debs/root; DOCS="/usr/share/man /usr/share/doc $R/usr/share/man $R/usr/share/perl $R/usr/share/doc"
+    python benchmarks/build_corpus.py --out /tmp/docs100 --mb 100 $DOCS
+    python benchmarks/build_corpus.py --out /tmp/text1g --mb 1000 $DOCS $R/linux-source-6.1
+"""
+
+import argparse
+import gzip
+import hashlib
+import json
+from pathlib import Path
+
+SHARD_BYTES = 64 << 20
+
+
+def texts(roots):
+    """(path, text) of every UTF-8 text file below `roots`, in sorted order."""
+    for root in roots:
+        for path in sorted(p for p in Path(root).rglob("*") if p.is_file() and not p.is_symlink()):
+            try:
+                data = path.read_bytes()
+                if path.suffix == ".gz":
+                    data = gzip.decompress(data)
+                if not data or b"\x00" in data:
+                    continue
+                yield path, data.decode("utf-8")
+            except (OSError, EOFError, UnicodeDecodeError):
+                continue
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True, help="folder of JSONL files to write")
+    parser.add_argument("--mb", type=float, required=True, help="megabytes (10^6 bytes) of text to collect")
+    parser.add_argument("roots", nargs="+")
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    goal, total, files, shards, shard, written, seen = args.mb * 1e6, 0, 0, 0, None, 0, set()
+    for path, text in texts(args.roots):
+        digest = hashlib.sha256(text.encode("utf-8")).digest()
+        if digest in seen:  # the same text installed twice (a licence, say): once is enough
+            continue
+        seen.add(digest)
+        if shard is None or written >= SHARD_BYTES:
+            if shard is not None:
+                shard.close()
+            shard = open(out / f"part-{shards:03}.jsonl", "w", encoding="utf-8")
+            shards, written = shards + 1, 0
+        line = json.dumps({"text": text, "source": str(path)}, ensure_ascii=False) + "\n"
+        shard.write(line)
+        written += len(line.encode("utf-8"))
+        total += len(text.encode("utf-8"))
+        files += 1
+        if total >= goal:
+            break
+    shard.close()
+    print(f"{files:,} documents, {total / 1e6:,.1f} MB of text in {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,396 @@
+"""Token shards: a corpus tokenized once, in parallel, into files in the cache folder, and
+read back through memory maps. What is cached, under $BLU_CACHE/tokens/:
+
+    <corpus key>/                 one corpus: its files (paths, sizes, SHA-256) and split settings
+        corpus.json               the split found by scanning it (corpus.Plan) and what it is for
+        tokenizer-<kind>-<n>.json tokenizers built from its training text
+        <tokenizer key>/          its tokens by one tokenizer (the key: SHA-256 of tokenizer.json)
+            train-000000.bin ...  training tokens, uint16 (uint32 above 65,536 ids), ~4M characters each
+            val.bin, val_bytes.bin  validation tokens and the UTF-8 bytes each stands for
+            index.json            written last: a folder without it is never read
+        .lock                     held by the process preparing this corpus
+
+A folder of tokens is built as <tokenizer key>.tmp-<pid> and renamed into place when whole, so
+Ctrl-C, kill -9 or a full disk never leave a partial folder that looks whole; leftovers are
+removed by the next preparation. Two processes preparing one corpus take turns on the lock,
+and the second finds the work done.
+"""
+
+from collections import deque
+from contextlib import contextmanager
+from dataclasses import dataclass
+import errno
+import fcntl
+import hashlib
+import json
+import multiprocessing
+import os
+from pathlib import Path
+import shutil
+import signal
+import sys
+import time
+
+import numpy as np
+from tqdm import tqdm
+
+from .checkpoint import atomic_write, read_json, write_json
+from .corpus import Corpus, Plan
+from .data import cache_dir
+from .errors import BluError
+from .tokenizer import Tokenizer, tokenizer_from_json
+
+FORMAT = 1
+UNIT_CHARS = 4 << 20  # text a worker encodes at a time, into a shard file of its own
+PARALLEL_BYTES = 16 << 20  # smaller corpora are tokenized in this process: starting workers costs more
+QUIET_BELOW = 16 << 20  # what reading and tokenizing a corpus took is said from this size of text on
+FULL_DISK = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def tokens_dir() -> Path:
+    return cache_dir() / "tokens"
+
+
+def _key(material) -> str:
+    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:20]
+
+
+@dataclass
+class Prepared:
+    """A corpus tokenized: training tokens on disk, the validation text in memory."""
+
+    train: "TokenShards"
+    val_tokens: np.ndarray
+    val_bytes: np.ndarray  # UTF-8 bytes of text each validation token stands for
+    index: dict  # what index.json holds: counts, the validation text's size and SHA-256, timings
+    folder: Path
+
+
+class CorpusCache:
+    """The cache folder of one corpus (`manifests`: its files as corpus.Corpus.manifests gives them)."""
+
+    def __init__(self, corpus: Corpus, manifests, log=print):
+        self.corpus, self.log = corpus, log
+        self.material = corpus.key_material(manifests)
+        self.folder = tokens_dir() / _key(self.material)
+
+    @contextmanager
+    def locked(self):
+        """Held while preparing, so that two processes never build the same files at once."""
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            lock = open(self.folder / ".lock", "a")
+        except OSError as error:
+            raise BluError(f"cannot write to the cache folder {self.folder.parent} ({error.strerror}); "
+                           "set BLU_CACHE to a folder you can write") from None
+        with lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self.log(f"blu: waiting for another blu that is preparing this corpus ({self.folder})")
+                fcntl.flock(lock, fcntl.LOCK_EX)
+            yield  # the lock goes with the file when it is closed, or when the process dies
+
+    def plan(self) -> Plan:
+        """The split of the corpus: scanned once, then read from corpus.json."""
+        path = self.folder / "corpus.json"
+        with self.locked():
+            saved = read_json(path) if path.exists() else None
+            if isinstance(saved, dict) and saved.get("for") == self.material:
+                return Plan(**saved["plan"])
+            start = time.perf_counter()
+            plan = self.corpus.scan()
+            seconds = time.perf_counter() - start
+            write_json(path, {"for": self.material, "plan": plan.__dict__, "scan_s": round(seconds, 3)})
+            if plan.text_bytes >= QUIET_BELOW:
+                self.log(f"blu: read {plan.documents:,} documents, {plan.text_bytes / 1e6:,.1f} MB of text, in {seconds:.1f} s")
+            return plan
+
+    def tokenizer(self, kind: str, vocab_size: int | None, build) -> Tokenizer:
+        """The tokenizer `build()` makes from this corpus, kept for the next run on it (building
+        is deterministic: the same corpus and settings give the same file)."""
+        from .bytelevel import MAX_TRAINING_CHARS
+
+        path = self.folder / f"tokenizer-{kind}-{vocab_size or 0}-{MAX_TRAINING_CHARS}.json"
+        with self.locked():
+            if path.exists():
+                return tokenizer_from_json(path.read_text(encoding="utf-8"))
+            start = time.perf_counter()
+            # Built in a child process: what training a BPE allocates (a GB on a large corpus) leaves with
+            # it, instead of staying in this process and in the workers it forks to tokenize.
+            tokenizer = tokenizer_from_json(_in_child(lambda: build().to_json()))
+            atomic_write(path, tokenizer.to_json().encode())
+            if kind == "bpe" and time.perf_counter() - start >= 1:
+                self.log(f"blu: built a bpe tokenizer of {tokenizer.vocab_size:,} tokens in {time.perf_counter() - start:.1f} s")
+            return tokenizer
+
+    def tokens(self, plan: Plan, tokenizer: Tokenizer, workers: int | None = None,
+               unit_chars: int = UNIT_CHARS, parallel_bytes: int = PARALLEL_BYTES) -> Prepared:
+        """The corpus's tokens by `tokenizer`: read from the cache, or written there first."""
+        target = self.folder / _key(tokenizer.to_json())
+        if not (target / "index.json").exists():
+            with self.locked():
+                if not (target / "index.json").exists():  # another process may have built it while we waited
+                    workers = workers or (os.cpu_count() or 1) if plan.text_bytes >= parallel_bytes else 1
+                    _build(self.corpus, plan, tokenizer, target, workers, unit_chars, self.log)
+        return open_prepared(target)
+
+
+    def validation(self, plan: Plan, tokenizer: Tokenizer) -> tuple[np.ndarray, np.ndarray, int]:
+        """The validation text's tokens, the bytes each stands for and its unknown characters:
+        from the cache if the corpus was tokenized by `tokenizer`, else the validation text
+        alone, encoded now."""
+        target = self.folder / _key(tokenizer.to_json())
+        if (target / "index.json").exists():
+            prepared = open_prepared(target)
+            return prepared.val_tokens, prepared.val_bytes, prepared.index["validation"]["unknown"]
+        units = _units(self.corpus.pieces(plan, train=False), UNIT_CHARS)
+        encoded = [_encode_unit(tokenizer, unit, None) for unit in units]
+        if not encoded:
+            raise BluError(f"{self.corpus.train.root}: the validation text is empty")
+        return (np.concatenate([e[1] for e in encoded]), np.concatenate([e[2] for e in encoded]),
+                sum(e[3] for e in encoded))
+
+
+def _in_child(work):
+    """What `work()` returns (a str), computed in a forked child process; its BluError is raised here."""
+    receive, send = multiprocessing.get_context("fork").Pipe(duplex=False)
+
+    def run():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it ends this process
+        try:
+            send.send(("ok", work()))
+        except BluError as error:
+            send.send(("error", str(error)))
+
+    child = multiprocessing.get_context("fork").Process(target=run)
+    child.start()
+    send.close()
+    try:
+        status, value = receive.recv()
+    except EOFError:
+        child.join()
+        raise BluError(f"building the tokenizer failed (its process ended with code {child.exitcode})") from None
+    except BaseException:
+        child.terminate()
+        raise
+    finally:
+        child.join()
+    if status == "error":
+        raise BluError(value)
+    return value
+
+
+def open_prepared(folder: Path) -> Prepared:
+    index = read_json(folder / "index.json")
+    if not isinstance(index, dict) or index.get("format") != FORMAT:
+        raise BluError(f"{folder} holds token shards this blu cannot read: delete the folder to rebuild them")
+    dtype = np.dtype(index["dtype"])
+    val_tokens = np.fromfile(folder / "val.bin", dtype=dtype)
+    val_bytes = np.fromfile(folder / "val_bytes.bin", dtype=np.uint32).astype(np.int64)
+    return Prepared(TokenShards(folder, index), val_tokens, val_bytes, index, folder)
+
+
+class TokenShards:
+    """The training tokens of a prepared corpus: shard files read as one sequence."""
+
+    def __init__(self, folder: Path, index: dict):
+        self.dtype = np.dtype(index["dtype"])
+        self.paths = [folder / shard["file"] for shard in index["shards"]]
+        self.starts = np.cumsum([0] + [shard["tokens"] for shard in index["shards"]])
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def windows(self, starts: np.ndarray, length: int) -> np.ndarray:
+        """The tokens [start, start + length) for each start, (len(starts), length) int64.
+        Each call maps the files anew and lets go of them, so the pages a batch touched leave
+        this process's resident memory (a map kept open for a whole run grows to the corpus's
+        size: nanoGPT #287)."""
+        out = np.empty((len(starts), length), dtype=np.int64)
+        maps = {}
+        for row, start in enumerate(starts.tolist()):
+            filled = 0
+            while filled < length:
+                shard = int(np.searchsorted(self.starts, start + filled, side="right")) - 1
+                if shard not in maps:
+                    maps[shard] = np.memmap(self.paths[shard], dtype=self.dtype, mode="r")
+                begin = start + filled - int(self.starts[shard])
+                piece = maps[shard][begin : begin + length - filled]
+                out[row, filled : filled + len(piece)] = piece
+                filled += len(piece)
+        del maps
+        return out
+
+    def read(self) -> np.ndarray:
+        """Every training token in memory (for tests and small corpora)."""
+        return np.concatenate([np.fromfile(path, dtype=self.dtype) for path in self.paths])
+
+
+def _build(corpus: Corpus, plan: Plan, tokenizer: Tokenizer, target: Path, workers: int, unit_chars: int, log):
+    for leftover in target.parent.glob(f"{target.name}.tmp-*"):  # from a preparation that was killed
+        shutil.rmtree(leftover, ignore_errors=True)
+    temporary = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+    start = time.perf_counter()
+    try:
+        temporary.mkdir()
+        shards, validation, val_bytes, val_digest, val_chars, unknown = [], [], [], hashlib.sha256(), 0, [0, 0]
+        bar = tqdm(total=plan.text_bytes, unit="B", unit_scale=True, desc="tokenizing", disable=not sys.stderr.isatty(),
+                   file=sys.stderr)
+        units = _units(corpus.pieces(plan), unit_chars)
+        for unit, (written, ids, lengths, n_unknown, n_bytes) in _encoded(units, tokenizer, workers, temporary):
+            if unit.validation:
+                validation.append(ids)
+                val_bytes.append(lengths)
+                for text, _ in unit.pieces:
+                    val_digest.update(text.encode("utf-8"))
+                    val_chars += len(text)
+            else:
+                shards.append({"file": _shard_name(unit.number), "tokens": written})
+            unknown[unit.validation] += n_unknown
+            bar.update(n_bytes)
+        bar.close()
+        val_tokens = np.concatenate(validation) if validation else np.zeros(0, tokenizer.dtype)
+        _write_array(temporary / "val.bin", val_tokens.astype(tokenizer.dtype))
+        _write_array(temporary / "val_bytes.bin", np.concatenate(val_bytes).astype(np.uint32) if val_bytes
+                     else np.zeros(0, np.uint32))
+        seconds = time.perf_counter() - start
+        train_tokens = sum(shard["tokens"] for shard in shards)
+        index = {"format": FORMAT, "dtype": np.dtype(tokenizer.dtype).name, "tokenizer": tokenizer.kind,
+                 "vocab_size": tokenizer.vocab_size, "corpus": [s.root.name for s in corpus.sources()],
+                 "text_bytes": plan.text_bytes, "train_tokens": train_tokens, "train_unknown": unknown[0],
+                 "shards": shards, "workers": workers, "seconds": round(seconds, 3),
+                 "validation": {"tokens": len(val_tokens), "chars": val_chars, "sha256": val_digest.hexdigest(),
+                                "unknown": unknown[1]},
+                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        write_json(temporary / "index.json", index)
+        os.rename(temporary, target)
+    except OSError as error:
+        if error.errno in FULL_DISK:
+            raise BluError(f"the disk holding {tokens_dir()} is full ({error.strerror}): tokenizing this corpus needs "
+                           f"about {2 * plan.text_bytes / 1e6:,.0f} MB there; free some, or set BLU_CACHE to "
+                           "another disk") from None
+        raise
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
+    if plan.text_bytes >= QUIET_BELOW:
+        log(f"blu: tokenized {plan.text_bytes / 1e6:,.1f} MB in {seconds:.1f} s ({plan.text_bytes / 1e6 / max(seconds, 1e-9):.1f}"
+            f" MB/s, {workers} processes): {train_tokens:,} training tokens in {len(shards)} shard files, "
+            f"{len(val_tokens):,} validation tokens, cached in {target}")
+
+
+def _shard_name(number: int) -> str:
+    return f"train-{number:06}.bin"
+
+
+def _write_array(path: Path, values: np.ndarray) -> None:
+    with open(path, "wb") as file:
+        file.write(values.tobytes())
+        file.flush()
+        os.fsync(file.fileno())
+
+
+@dataclass
+class _Unit:
+    """Consecutive pieces of text, all training or all validation, encoded together; training
+    units are numbered, each written to its own shard file."""
+
+    pieces: list  # (text, an end-of-text follows)
+    validation: bool
+    number: int = 0
+
+
+def _units(pieces, unit_chars: int):
+    unit, size, number = None, 0, 0
+    for piece in pieces:
+        if unit is not None and (unit.validation != piece.validation or size >= unit_chars):
+            yield unit
+            unit = None
+        if unit is None:
+            unit, size = _Unit([], piece.validation, number), 0
+            number += not piece.validation
+        unit.pieces.append((piece.text, piece.ends))
+        size += len(piece.text)
+    if unit is not None:
+        yield unit
+
+
+def _encode_unit(tokenizer: Tokenizer, unit: _Unit, folder: Path | None):
+    """A unit's ids (with an end-of-text after each piece that ends a document) written to its
+    shard file in `folder` (training) or returned with the bytes each stands for (validation):
+    (tokens written, ids, byte lengths, unknown characters, UTF-8 bytes of text)."""
+    ids, lengths, unknown, n_bytes = [], [], 0, 0
+    end = [] if tokenizer.end_id is None else [tokenizer.end_id]
+    for text, ends in unit.pieces:
+        piece_ids, piece_unknown = tokenizer.encode_array(text)
+        ids.append(piece_ids)
+        unknown += piece_unknown
+        n_bytes += len(text.encode("utf-8"))
+        if unit.validation:
+            lengths.append(tokenizer.byte_lengths(text, piece_ids))
+        if ends and end:
+            ids.append(np.array(end, dtype=piece_ids.dtype))
+            lengths.append(np.zeros(1, dtype=np.int64))
+    ids = np.concatenate(ids).astype(tokenizer.dtype)
+    if unit.validation or folder is None:
+        return 0, ids, (np.concatenate(lengths) if unit.validation else None), unknown, n_bytes
+    _write_array(folder / _shard_name(unit.number), ids)
+    return len(ids), None, None, unknown, n_bytes
+
+
+_worker_job: tuple | None = None  # (tokenizer, folder) of a worker process, inherited from its parent
+
+
+def _start_worker() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it ends the pool
+
+
+def _encode_in_worker(unit: _Unit):
+    tokenizer, folder = _worker_job
+    return _encode_unit(tokenizer, unit, folder)
+
+
+def _encoded(units, tokenizer: Tokenizer, workers: int, folder: Path):
+    """(unit, what _encode_unit returned) for each unit, in order; with `workers` > 1, encoded
+    and written by that many worker processes while this one reads on, with at most two units
+    per worker in flight, so that memory stays bounded whatever the corpus's size."""
+    if workers <= 1:
+        for unit in units:
+            yield unit, _encode_unit(tokenizer, unit, folder)
+        return
+    global _worker_job
+    _worker_job = (tokenizer, folder)
+    # A forked child must not use the thread pool `tokenizers` may have started here (it would
+    # wait on threads that do not exist there); setting this before the fork tells it so, quietly.
+    before = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    try:
+        pool = multiprocessing.get_context("fork").Pool(workers, initializer=_start_worker)
+    finally:
+        if before is None:
+            os.environ.pop("TOKENIZERS_PARALLELISM")
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = before
+    with pool:
+        pending = deque()
+        for unit in units:
+            pending.append((unit, pool.apply_async(_encode_in_worker, (unit,))))
+            if len(pending) > 2 * workers:
+                done, result = pending.popleft()
+                yield done, result.get()
+        while pending:
+            done, result = pending.popleft()
+            yield done, result.get()
+
+
+def list_cache() -> list[dict]:
+    """What the cache holds: one entry per tokenized corpus (for `blu prepare --list`)."""
+    entries = []
+    for index_path in sorted(tokens_dir().glob("*/*/index.json")):
+        index = read_json(index_path)
+        size = sum(f.stat().st_size for f in index_path.parent.iterdir())
+        entries.append({"folder": str(index_path.parent), "corpus": ", ".join(index.get("corpus", [])),
+                        "tokenizer": f"{index.get('tokenizer')} {index.get('vocab_size')}",
+                        "tokens": index.get("train_tokens", 0) + index.get("validation", {}).get("tokens", 0),
+                        "megabytes": round(size / 1e6, 1), "created": index.get("created")})
+    return entries
