@@ -4,7 +4,8 @@ the tokenizer, tokenizing), then optionally `blu train` on it, its resident memo
 steps. Each tokenizer starts from an empty cache folder.
 
     python benchmarks/corpus_speed.py --data /tmp/docs100 --tokenizers char byte bpe:4096
-    python benchmarks/corpus_speed.py --data /tmp/text1g --tokenizers bpe:4096 --train-steps 100 2000
+    python benchmarks/corpus_speed.py --data /tmp/text1g --tokenizers bpe:1024 --train-steps 100 2000 \
+        --train-flags "--dim 64 --n-layer 2 --n-head 4 --hidden-dim 192"
 
 Build the corpora with build_corpus.py (real text, nothing repeated).
 """
@@ -94,9 +95,10 @@ def prepare(data: str, tokenizer: str, workers: int | None, cache: Path) -> dict
     return row
 
 
-def train(data: str, tokenizer: str, steps: list[int], cache: Path) -> dict:
+def train(data: str, tokenizer: str, steps: list[int], cache: Path, flags: list[str]) -> dict:
     """Resident memory of `blu train` (reading the shards `prepare` left in `cache`) when it logs
-    each of `steps` (it logs every 10 steps)."""
+    each of `steps` (it logs every 10 steps). Its one evaluation comes 10 steps after the last,
+    so that no sample holds an evaluation's buffers."""
     kind, _, size = tokenizer.partition(":")
     run = cache / "run"
     command = [sys.executable, "-m", "blu", "train", "--data", data, "--tokenizer", kind, "--out", str(run),
@@ -123,6 +125,8 @@ def main():
     parser.add_argument("--tokenizers", nargs="+", default=["char", "byte", "bpe:4096"], help="KIND or bpe:VOCAB")
     parser.add_argument("--workers", type=int)
     parser.add_argument("--train-steps", type=int, nargs="*", help="also train, and sample memory at these steps")
+    parser.add_argument("--train-tokenizers", nargs="*", help="train with these of --tokenizers (default: all)")
+    parser.add_argument("--train-flags", default="", help="more blu train flags, e.g. a smaller model")
     parser.add_argument("--name", default="corpus_speed")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as base:
@@ -133,7 +137,8 @@ def main():
         print(table(rows))
         results = {"data": args.data, "prepare": rows}
         if args.train_steps:
-            results["train"] = [train(args.data, t, args.train_steps, caches[t]) for t in args.tokenizers]
+            results["train"] = [train(args.data, t, args.train_steps, caches[t], args.train_flags.split())
+                                for t in args.train_tokenizers or args.tokenizers]
             print(table(results["train"]))
     print("wrote", save(args.name, results))
 

@@ -116,9 +116,9 @@ class CorpusCache:
             if path.exists():
                 return tokenizer_from_json(path.read_text(encoding="utf-8"))
             start = time.perf_counter()
-            # Built in a child process: what training a BPE allocates (a GB on a large corpus) leaves with
-            # it, instead of staying in this process and in the workers it forks to tokenize.
-            tokenizer = tokenizer_from_json(_in_child(lambda: build().to_json()))
+            # A BPE is trained in a child process: what that allocates (most of a GB on a large corpus)
+            # leaves with it, instead of staying in this process and in the workers it forks to tokenize.
+            tokenizer = tokenizer_from_json(_in_child(lambda: build().to_json())) if kind == "bpe" else build()
             atomic_write(path, tokenizer.to_json().encode())
             if kind == "bpe" and time.perf_counter() - start >= 1:
                 self.log(f"blu: built a bpe tokenizer of {tokenizer.vocab_size:,} tokens in {time.perf_counter() - start:.1f} s")
@@ -131,10 +131,10 @@ class CorpusCache:
         if not (target / "index.json").exists():
             with self.locked():
                 if not (target / "index.json").exists():  # another process may have built it while we waited
-                    workers = workers or (os.cpu_count() or 1) if plan.text_bytes >= parallel_bytes else 1
+                    if workers is None:
+                        workers = _cores() if plan.text_bytes >= parallel_bytes else 1
                     _build(self.corpus, plan, tokenizer, target, workers, unit_chars, self.log)
         return open_prepared(target)
-
 
     def validation(self, plan: Plan, tokenizer: Tokenizer) -> tuple[np.ndarray, np.ndarray, int]:
         """The validation text's tokens, the bytes each stands for and its unknown characters:
@@ -150,6 +150,11 @@ class CorpusCache:
             raise BluError(f"{self.corpus.train.root}: the validation text is empty")
         return (np.concatenate([e[1] for e in encoded]), np.concatenate([e[2] for e in encoded]),
                 sum(e[3] for e in encoded))
+
+
+def _cores() -> int:
+    """The cores this process may run on (all of the machine's where that cannot be known)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _in_child(work):

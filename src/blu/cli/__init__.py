@@ -156,8 +156,9 @@ def cmd_eval(args) -> int:
             print(json.dumps({"context": model.config.context, "buckets": buckets}))
         else:
             print(f"loss by position through the generation path (context {model.config.context}):")
+            unit = "nats/char" if tokenizer.kind == "char" else "nats/token"
             for b in buckets:
-                print(f"  positions {b['from']:>5}-{b['to'] - 1:<5} {b['loss']:.4f} nats/char  ({b['tokens']:,} tokens)")
+                print(f"  positions {b['from']:>5}-{b['to'] - 1:<5} {b['loss']:.4f} {unit}  ({b['tokens']:,} tokens)")
         return 0
     scores = evaluate(model, text.tokens, byte_lengths=text.byte_lengths)
     result = {"val_loss": scores.loss, "val_bpb": scores.bpb, **({"val_bpc": scores.bpc} if tokenizer.kind == "char" else {}),
