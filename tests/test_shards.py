@@ -17,9 +17,10 @@ from hypothesis import strategies as st
 import numpy as np
 import pytest
 
-from blu.corpus import Corpus, Source, pieces_of, read_documents, split_documents
+from blu.corpus import Corpus, split_documents
 from blu.errors import BluError
 from blu.shards import CorpusCache, TokenShards, list_cache, tokens_dir
+from blu.sources import Source, pieces_of, read_documents
 from blu.tokenizer import build_tokenizer
 
 

@@ -29,14 +29,15 @@ from . import __version__
 from .bytelevel import MAX_TRAINING_CHARS
 from .checkpoint import atomic_write, clear_run, load_weights, read_json, write_json
 from .config import PRESETS, ModelConfig, TrainConfig, configs_for, from_dict, to_dict
-from .corpus import Corpus, Source, check_unchanged
+from .corpus import Corpus, check_unchanged
 from .data import SHAKESPEARE_NAME, VAL_FRACTION, load_text, split_point
 from .device import pick_device
 from .distributed import World
 from .errors import BluError
 from .model import Transformer
 from .shards import CorpusCache, Prepared, TokenShards, tokens_dir
-from .tokenizer import DEFAULT_KIND, Tokenizer, build_tokenizer, tokenizer_from_json
+from .sources import Source
+from .tokenizer import DEFAULT_KIND, DEFAULT_KIND_SHAKESPEARE, Tokenizer, build_tokenizer, tokenizer_from_json
 
 
 def _say(message: str) -> None:
@@ -78,7 +79,7 @@ def create_run(out=None, data=None, preset: str | None = None, overrides: dict |
     `device`, default this machine's) with `overrides` (ModelConfig and TrainConfig field names;
     None keeps the preset's value) and the budget `iters` steps or `time_s` seconds (neither: the
     preset's steps). A folder that holds a run is refused unless `force`, which replaces it.
-    The tokenizer is a new one of kind `tokenizer` (bpe by default, of `vocab_size` tokens),
+    The tokenizer is a new one of kind `tokenizer` (bpe by default, of `vocab_size` tokens; char for tiny Shakespeare),
     built from the training part of the text only, or the one in `tokenizer_from` (a run folder
     or a tokenizer.json). A `val_fraction` of the text is for validation (see corpus.py), or all
     of `val_data`. The text is tokenized into the cache folder by `workers` processes (default:
@@ -130,12 +131,12 @@ def open_corpus(data, val_data, fraction: float, seed: int, ext=None, text_field
 def choose_tokenizer(corpus: Corpus, cache: CorpusCache, plan, kind: str | None, vocab_size: int | None,
                      tokenizer_from=None) -> Tokenizer:
     """The tokenizer in `tokenizer_from` (a run folder or a tokenizer.json), or a new one of
-    `kind` (default bpe) built from the corpus's training text only and kept in its cache."""
+    `kind` (default: bpe, or char for tiny Shakespeare) built from the corpus's training text only and kept in its cache."""
     if tokenizer_from is not None:
         if kind is not None or vocab_size is not None:
             raise BluError("--tokenizer-from reuses a tokenizer: give it without --tokenizer or --vocab-size")
         return read_tokenizer(tokenizer_from)
-    kind = kind or DEFAULT_KIND
+    kind = kind or (DEFAULT_KIND if corpus.train.path is not None else DEFAULT_KIND_SHAKESPEARE)
     if kind != "bpe":
         build_tokenizer(kind, [], vocab_size)  # a bad kind or size is refused before any reading
     # A BPE learns from at most MAX_TRAINING_CHARS of the text: every n-th piece, spread over the corpus.

@@ -72,8 +72,8 @@ def _add_text_flags(parser) -> None:
                         help="leave out files that are not UTF-8 text (or bad JSONL/Parquet), listing them, "
                              "instead of refusing the corpus")
     parser.add_argument("--tokenizer", choices=KINDS,
-                        help="bpe: a byte-level BPE trained on the training text (default); char: one token per "
-                             "character; byte: the 256 UTF-8 bytes")
+                        help="bpe: a byte-level BPE trained on the training text (default with --data); char: one "
+                             "token per character (default for tiny Shakespeare); byte: the 256 UTF-8 bytes")
     parser.add_argument("--vocab-size", type=int, help=f"tokens in a bpe vocabulary (default {DEFAULT_BPE_VOCAB_SIZE})")
     parser.add_argument("--tokenizer-from", metavar="RUN_OR_FILE", help="reuse the tokenizer of a run folder or a tokenizer.json")
     parser.add_argument("--val-fraction", type=float,
