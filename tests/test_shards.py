@@ -153,7 +153,10 @@ def test_an_interrupted_preparation_is_never_taken_whole(big_corpus, tmp_path, b
     cache = tmp_path / "cache"
     (tmp_path / "bpe.json").write_text(bpe.to_json(), encoding="utf-8")
     command = prepare_command(big_corpus, "--tokenizer-from", str(tmp_path / "bpe.json"), "--workers", "2")
-    process = subprocess.Popen(command, env=_env(cache), stderr=subprocess.PIPE, text=True, start_new_session=True)
+    # A shell's background job (CI started with &, say) ignores SIGINT, and its children inherit that: a
+    # terminal's process gets the default, which Python turns into KeyboardInterrupt.
+    process = subprocess.Popen(command, env=_env(cache), stderr=subprocess.PIPE, text=True, start_new_session=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not any(  # tokenizing, with a shard file on its way
             f.stat().st_size for p in _entries(cache) if ".tmp-" in p.name for f in p.glob("train-*")):

@@ -28,7 +28,7 @@ KINDS = ("char", "byte", "bpe")
 # CPU, BPE of 512 or 1,024 tokens reaches 2.15 bits per byte where char and byte reach 2.27 and
 # 4,096 reaches 2.20; 1,024 ties 512 and packs 20% more text per token: bpe for --data. But in the
 # 2,000 steps of a plain `blu train`, BPE makes 20 passes over tiny Shakespeare's 411K tokens and
-# overfits (best 2.22 at step 400) where char goes on to 2.16: char for tiny Shakespeare.
+# overfits (best 2.22 at step 400) where char goes on to 2.15: char for tiny Shakespeare.
 DEFAULT_KIND = "bpe"
 DEFAULT_KIND_SHAKESPEARE = "char"
 DEFAULT_BPE_VOCAB_SIZE = 1024
