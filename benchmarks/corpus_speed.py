@@ -25,7 +25,7 @@ from common import save, table
 PHASES = (("read", "blu: read "), ("tokenizer", "blu: built a bpe"), ("tokenize", "blu: tokenized"))
 
 
-def tree_rss_mb(root: int) -> float:
+def tree_pss_mb(root: int) -> float:
     """Memory of process `root` and every process below it, in MB: the sum of their
     proportional set sizes (each page shared by n processes counted 1/n in each, so that
     forked workers sharing their parent's pages are not counted twice; for one process
@@ -62,7 +62,7 @@ def watched(command, env, every: float = 0.1):
     reader = threading.Thread(target=read)
     reader.start()
     while process.poll() is None:
-        samples.append((time.perf_counter() - start, tree_rss_mb(process.pid)))
+        samples.append((time.perf_counter() - start, tree_pss_mb(process.pid)))
         time.sleep(every)
     reader.join()
     return lines, samples, process.returncode, time.perf_counter() - start
@@ -112,7 +112,7 @@ def train(data: str, tokenizer: str, steps: list[int], cache: Path, flags: list[
             logged = set()
         for step in steps:
             if step in logged and step not in found:
-                found[step] = tree_rss_mb(process.pid)
+                found[step] = tree_pss_mb(process.pid)
         time.sleep(0.2)
     process.wait()
     return {"tokenizer": tokenizer, **{f"rss_mb_step_{s}": found.get(s) for s in steps},

@@ -44,10 +44,10 @@ def test_a_folder_is_every_file_below_it_in_sorted_order(folder):
 def test_a_bad_file_is_named_with_the_reason_or_skipped_and_listed(folder):
     (folder / "sub" / "latin1.txt").write_bytes("café".encode("latin-1"))
     with pytest.raises(BluError, match=r"sub/latin1.txt is not UTF-8: invalid byte 0xe9 at offset 3.*--skip-bad-files"):
-        read_documents(folder)
+        Corpus(Source(folder), None, 0.1, 0).scan()
     plan = Corpus(Source(folder, skip_bad=True), None, 0.1, 0).scan()
-    assert len(plan.skipped) == 1 and "latin1.txt" in plan.skipped[0] and plan.documents == 13
-    assert len(read_documents(folder, skip_bad=True)) == 13
+    assert len(plan.skipped) == 1 and "latin1.txt" in plan.skipped[0] and plan.documents == [13]
+    assert plan.skipped_files == ["sub/latin1.txt"]
 
 
 def test_jsonl_parquet_and_gzip_give_the_same_documents(tmp_path, shakespeare):

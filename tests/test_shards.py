@@ -19,7 +19,7 @@ import pytest
 
 from blu.corpus import Corpus, split_documents
 from blu.errors import BluError
-from blu.shards import CorpusCache, TokenShards, list_cache, tokens_dir
+from blu.shards import CorpusCache, TokenShards, list_cache
 from blu.sources import Source, pieces_of, read_documents
 from blu.tokenizer import build_tokenizer
 
@@ -212,7 +212,6 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(big_corpus, tmp_path):
 
 def test_a_missing_cache_folder_is_one_line(books, bpe, monkeypatch, tmp_path):
     (tmp_path / "file").write_text("")
-    monkeypatch.setenv("BLU_CACHE", str(tmp_path / "file"))
-    assert str(tokens_dir()).startswith(str(tmp_path / "file"))
+    monkeypatch.setenv("BLU_CACHE", str(tmp_path / "file"))  # a file where the cache folder should be
     with pytest.raises(BluError, match="cannot write to the cache folder"):
         prepared(books, bpe)

@@ -55,10 +55,8 @@ def byte_tokenizer() -> "ByteLevelTokenizer":
 def train_bpe(texts, vocab_size: int) -> "ByteLevelTokenizer":
     """A byte-level BPE of `vocab_size` tokens (the 256 bytes, merges, end-of-text) trained on
     `texts` (an iterable of str: their first MAX_TRAINING_CHARS characters, each cut into
-    pieces of at most CHUNK_CHARS). The same texts and size give a byte-identical tokenizer.json."""
-    if not 258 <= vocab_size <= 1 << 20:
-        raise BluError(f"vocab-size for bpe must be between 258 (the 256 bytes, one merge, end-of-text) "
-                       f"and {1 << 20}, got {vocab_size}")
+    pieces of at most CHUNK_CHARS). The same texts and size give a byte-identical tokenizer.json.
+    (tokenizer.check_tokenizer_settings checks the size.)"""
     tokenizer = HFTokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     trainer = trainers.BpeTrainer(vocab_size=vocab_size - 1, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),

@@ -70,7 +70,7 @@ class Plan:
     from_char: int | None  # one text file: where its validation range starts
     chars: list[int]  # characters of text, per source
     text_bytes: int  # UTF-8 bytes of text, every source
-    documents: int  # documents of the training source
+    documents: list[int]  # documents, per source
     skipped: list[str]  # "file: reason" of each bad file left out (--skip-bad-files)
     skipped_files: list[str]  # their names
 
@@ -103,9 +103,10 @@ class Corpus:
 
     def scan(self) -> Plan:
         """One pass over every source: check every file, count, and choose the validation text."""
-        scores, sizes, chars, text_bytes, skipped, skipped_files = array("d"), array("q"), [], 0, [], []
+        scores, sizes, chars, documents, text_bytes, skipped, skipped_files = array("d"), array("q"), [], [], 0, [], []
         for number, source in enumerate(self.sources()):
             chars.append(0)
+            documents.append(0)
             for file in source.files:
                 file_scores, file_sizes, file_bytes = array("d"), array("q"), 0
                 digest, size = _score_hash(self.seed), 0
@@ -127,6 +128,7 @@ class Corpus:
                     continue
                 text_bytes += file_bytes
                 chars[number] += sum(file_sizes)
+                documents[number] += len(file_sizes)
                 if number == 0:
                     scores.extend(file_scores)
                     sizes.extend(file_sizes)
@@ -137,7 +139,7 @@ class Corpus:
             validation = choose_validation(scores, sizes, self.fraction)
         elif self.held_out is None:
             from_char = split_point(chars[0], 1, str(self.train.root), self.fraction)
-        return Plan(validation, from_char, chars, text_bytes, len(sizes), skipped, skipped_files)
+        return Plan(validation, from_char, chars, text_bytes, documents, skipped, skipped_files)
 
     def pieces(self, plan: Plan, train: bool = True, validation: bool = True) -> Iterator[Piece]:
         """The text in order, as pieces marked training or validation (only the parts asked for)."""
@@ -163,8 +165,9 @@ class Corpus:
                         yield Piece(text, is_validation, last and source.documents)
                 document += last
 
-    def record(self, manifests, plan: Plan, validation_chars: int, validation_sha256: str) -> dict:
-        """What config.json keeps under "data": where the text came from and which of it is validation."""
+    def record(self, manifests, plan: Plan, validation: dict) -> dict:
+        """What config.json keeps under "data": where the text came from and which of it is
+        validation (`validation`: its "chars" and "sha256", as the tokenizing measured them)."""
         def described(source: Source, manifest: list[dict], documents: int, chars: int) -> dict:
             if source.documents:
                 return {"path": str(source.root.resolve()), "kind": "documents", "ext": source.ext,
@@ -174,13 +177,13 @@ class Corpus:
             return {"path": str(source.root.resolve()) if source.path is not None else None,
                     "sha256": manifest[0]["sha256"], "chars": chars}
 
-        train = described(self.train, manifests[0], plan.documents, plan.chars[0])
+        train = described(self.train, manifests[0], plan.documents[0], plan.chars[0])
         if self.held_out is not None:
             return {"path": train["path"], "kind": "explicit validation", "train": train,
-                    "validation": described(self.held_out, manifests[1], 0, plan.chars[-1])}
+                    "validation": described(self.held_out, manifests[1], plan.documents[1], plan.chars[1])}
         where = {"documents": len(plan.validation)} if plan.validation is not None else {"from_char": plan.from_char}
         return {**train, "val_fraction": self.fraction,
-                "validation": {**where, "chars": validation_chars, "sha256": validation_sha256}}
+                "validation": {**where, "chars": validation["chars"], "sha256": validation["sha256"]}}
 
 
 def check_unchanged(record: dict, manifests: list[list[dict]], sources: list[Source]) -> None:

@@ -2,6 +2,7 @@
 cut into training and validation, and the seeded batch sampler."""
 
 import hashlib
+import io
 import itertools
 import os
 from pathlib import Path
@@ -71,12 +72,30 @@ def read_corpus(path) -> str:
 def decode_text(path, data: bytes) -> str:
     """The bytes of file `path` as text, or a one-line BluError naming it: binary, or not UTF-8
     (with the offset of the first bad byte)."""
-    if b"\x00" in data:
-        raise BluError(f"{path} looks binary (NUL byte at offset {data.index(0)}); blu trains on text")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise BluError(f"{path} is not UTF-8: invalid byte 0x{data[error.start]:02x} at offset {error.start}") from None
+    return "".join(decoded_blocks(path, io.BytesIO(data)))
+
+
+def decoded_blocks(path, stream, block_bytes: int = 1 << 20):
+    """The text of a binary stream a block at a time, as strict UTF-8 (see decode_text)."""
+    pending, offset = b"", 0
+    while block := stream.read(block_bytes):
+        data = pending + block
+        if b"\x00" in data:
+            raise BluError(f"{path} looks binary (NUL byte at offset {offset + data.index(0)}); blu trains on text")
+        try:
+            text, pending = data.decode("utf-8"), b""
+        except UnicodeDecodeError as error:
+            if error.end != len(data) or error.reason != "unexpected end of data":
+                raise not_utf8(path, data[error.start], offset + error.start) from None
+            text, pending = data[: error.start].decode("utf-8"), data[error.start :]  # a character cut by the block
+        offset += len(data) - len(pending)
+        yield text
+    if pending:
+        raise not_utf8(path, pending[0], offset)
+
+
+def not_utf8(path, byte: int, offset: int) -> BluError:
+    return BluError(f"{path} is not UTF-8: invalid byte 0x{byte:02x} at offset {offset}")
 
 
 def split_point(n: int, context: int, name: str = "the corpus", fraction: float = VAL_FRACTION) -> int:

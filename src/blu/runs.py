@@ -17,32 +17,23 @@ tokenizer.json beside it holds the tokenizer (see tokenizer.py). The files thems
 read and written by checkpoint.py."""
 
 from dataclasses import dataclass, field, fields, replace
-import math
 from pathlib import Path
-import sys
 from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from . import __version__
-from .bytelevel import MAX_TRAINING_CHARS
 from .checkpoint import atomic_write, clear_run, load_weights, read_json, write_json
 from .config import PRESETS, ModelConfig, TrainConfig, configs_for, from_dict, to_dict
-from .corpus import Corpus, check_unchanged
-from .data import SHAKESPEARE_NAME, VAL_FRACTION, load_text, split_point
+from .data import SHAKESPEARE_NAME, VAL_FRACTION, load_text
 from .device import pick_device
 from .distributed import World
 from .errors import BluError
 from .model import Transformer
-from .shards import CorpusCache, Prepared, TokenShards, tokens_dir
-from .sources import Source
-from .tokenizer import DEFAULT_KIND, DEFAULT_KIND_SHAKESPEARE, Tokenizer, build_tokenizer, tokenizer_from_json
-
-
-def _say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
+from .run_text import choose_tokenizer, open_corpus, read_tokenizer, say, split_corpus, tokens_for, tokens_record, trained_corpus
+from .shards import TokenShards
+from .tokenizer import Tokenizer
 
 FORMAT = 1  # bump when a run folder written by this version cannot be read by an older one
 
@@ -71,8 +62,7 @@ def create_run(out=None, data=None, preset: str | None = None, overrides: dict |
                iters: int | None = None, time_s: float | None = None, force: bool = False, device=None,
                tokenizer: str | None = None, vocab_size: int | None = None, tokenizer_from=None,
                val_fraction: float | None = None, val_data=None, ext: list[str] | None = None,
-               text_field: str | None = None, skip_bad_files: bool | None = None, workers: int | None = None,
-               log=_say) -> Run:
+               text_field: str | None = None, skip_bad_files: bool | None = None, log=say) -> Run:
     """A new run in `out` (default runs/<name of the data>) on `data` (None: tiny Shakespeare; a
     text file, or a folder, JSONL, Parquet or gzip corpus read by corpus.py with `ext`,
     `text_field` and `skip_bad_files`): the configuration of `preset` (default: gpu on CUDA, cpu otherwise, by
@@ -82,8 +72,8 @@ def create_run(out=None, data=None, preset: str | None = None, overrides: dict |
     The tokenizer is a new one of kind `tokenizer` (bpe by default, of `vocab_size` tokens; char for tiny Shakespeare),
     built from the training part of the text only, or the one in `tokenizer_from` (a run folder
     or a tokenizer.json). A `val_fraction` of the text is for validation (see corpus.py), or all
-    of `val_data`. The text is tokenized into the cache folder by `workers` processes (default:
-    one per core for a large corpus), or read from there (shards.py); `log` says what happened.
+    of `val_data`. The text is tokenized into the cache folder, or read from there (shards.py);
+    `log` says what took long.
     Writes config.json and tokenizer.json; nothing is written to the run folder if anything is wrong."""
     _check_budget(iters, time_s)
     overrides = overrides or {}
@@ -101,14 +91,11 @@ def create_run(out=None, data=None, preset: str | None = None, overrides: dict |
         preset = "gpu" if (torch.device(device) if device else pick_device("auto")).type == "cuda" else "cpu"
     if preset not in PRESETS:
         raise BluError(f"preset must be one of {', '.join(sorted(PRESETS))}, got {preset!r}")
-    manifests = corpus.manifests()
-    cache = CorpusCache(corpus, manifests, log)
-    plan = cache.plan()
+    cache, plan = split_corpus(corpus, log)
     tokens_of = choose_tokenizer(corpus, cache, plan, tokenizer, vocab_size, tokenizer_from)
     model_config, train_config = configs_for(preset, overrides, tokens_of.vocab_size, iters, time_s)
-    prepared = _prepare(corpus, cache, plan, tokens_of, model_config.context, workers)
-    record = {**corpus.record(manifests, plan, prepared.index["validation"]["chars"], prepared.index["validation"]["sha256"]),
-              "tokens": _tokens_record(prepared)}
+    prepared = tokens_for(corpus, cache, plan, tokens_of, model_config.context)
+    record = {**corpus.record(cache.manifests, plan, prepared.index["validation"]), "tokens": tokens_record(prepared)}
     meta = {"blu_version": __version__, "format": FORMAT, "preset": preset, "tokenizer": tokens_of.kind,
             "model": to_dict(model_config), "train": to_dict(train_config), "data": record}
     if force:
@@ -119,65 +106,8 @@ def create_run(out=None, data=None, preset: str | None = None, overrides: dict |
                prepared.val_bytes, skipped=plan.skipped)
 
 
-def open_corpus(data, val_data, fraction: float, seed: int, ext=None, text_field: str = "text",
-                skip_bad: bool = False) -> Corpus:
-    """The corpus of --data (None: tiny Shakespeare) and --val-data, its files listed."""
-    def source(path):
-        return Source(Path(path) if path is not None else None, ext, text_field, skip_bad)
-
-    return Corpus(source(data), source(val_data) if val_data is not None else None, fraction, seed)
-
-
-def choose_tokenizer(corpus: Corpus, cache: CorpusCache, plan, kind: str | None, vocab_size: int | None,
-                     tokenizer_from=None) -> Tokenizer:
-    """The tokenizer in `tokenizer_from` (a run folder or a tokenizer.json), or a new one of
-    `kind` (default: bpe, or char for tiny Shakespeare) built from the corpus's training text only and kept in its cache."""
-    if tokenizer_from is not None:
-        if kind is not None or vocab_size is not None:
-            raise BluError("--tokenizer-from reuses a tokenizer: give it without --tokenizer or --vocab-size")
-        return read_tokenizer(tokenizer_from)
-    kind = kind or (DEFAULT_KIND if corpus.train.path is not None else DEFAULT_KIND_SHAKESPEARE)
-    if kind != "bpe":
-        build_tokenizer(kind, [], vocab_size)  # a bad kind or size is refused before any reading
-    # A BPE learns from at most MAX_TRAINING_CHARS of the text: every n-th piece, spread over the corpus.
-    stride = max(1, math.ceil(plan.chars[0] / MAX_TRAINING_CHARS)) if kind == "bpe" else 1
-    return cache.tokenizer(kind, vocab_size, lambda: build_tokenizer(
-        kind, (p.text for i, p in enumerate(corpus.pieces(plan, validation=False)) if i % stride == 0), vocab_size))
-
-
-def prepare(data=None, val_data=None, val_fraction: float | None = None, seed: int | None = None, ext=None,
-            text_field: str | None = None, skip_bad_files: bool | None = None, tokenizer: str | None = None,
-            vocab_size: int | None = None, tokenizer_from=None, workers: int | None = None, log=None) -> Prepared:
-    """The token shards `blu train` with these settings would read, built now if they are not
-    in the cache (`blu prepare`)."""
-    corpus = open_corpus(data, val_data, VAL_FRACTION if val_fraction is None else val_fraction,
-                         TrainConfig.seed if seed is None else seed, ext, text_field or "text", bool(skip_bad_files))
-    cache = CorpusCache(corpus, corpus.manifests(), log or _say)
-    plan = cache.plan()
-    return cache.tokens(plan, choose_tokenizer(corpus, cache, plan, tokenizer, vocab_size, tokenizer_from), workers)
-
-
-def _prepare(corpus: Corpus, cache: CorpusCache, plan, tokenizer: Tokenizer, context: int, workers=None) -> Prepared:
-    """The corpus's tokens (from the cache, or tokenized into it), checked against the context."""
-    name = str(corpus.train.root)
-    if plan.from_char is not None:  # one file cut in two: the exact minimum, in characters
-        split_point(plan.chars[0], context, name, corpus.fraction)
-    prepared = cache.tokens(plan, tokenizer, workers)
-    if len(prepared.train) < context + 1:
-        raise BluError(f"{name} is too short for a context of {context}: its training text is {len(prepared.train)} "
-                       "tokens; give more text or a smaller --context")
-    if len(prepared.val_tokens) < 2:
-        raise BluError(f"{name}: the validation text is too short to score (fewer than 2 tokens)")
-    return prepared
-
-
-def _tokens_record(prepared: Prepared) -> dict:
-    return {"cache": str(prepared.folder.relative_to(tokens_dir())), "train": len(prepared.train),
-            "validation": len(prepared.val_tokens)}
-
-
 def resume_run(out, iters: int | None = None, time_s: float | None = None, data=None, preset: str | None = None,
-               overrides: dict | None = None, force: bool = False, log=_say, **text_settings) -> Run:
+               overrides: dict | None = None, force: bool = False, log=say, **text_settings) -> Run:
     """The run in `out`, to go on from its last saved state with the data and configuration it
     was created with. `iters` and `time_s`, when either is given, replace its budget (a new total,
     not more on top). Nothing else may change: `data`, `preset`, `overrides` (values other than
@@ -197,8 +127,8 @@ def resume_run(out, iters: int | None = None, time_s: float | None = None, data=
     if iters is not None or time_s is not None:  # a new budget replaces the saved one
         train_config = replace(train_config, iters=iters or 0, time_s=time_s or 0.0)
     train_config.validate()
-    corpus, cache, plan = _trained_corpus(meta, train_config.seed, log)
-    prepared = _prepare(corpus, cache, plan, tokenizer, model_config.context)
+    corpus, cache, plan = trained_corpus(meta, train_config.seed, log)
+    prepared = tokens_for(corpus, cache, plan, tokenizer, model_config.context)
     return Run(folder, meta, model_config, train_config, tokenizer, prepared.train, prepared.val_tokens,
                prepared.val_bytes, resumed=True, skipped=plan.skipped)
 
@@ -259,9 +189,9 @@ class ScoredText(NamedTuple):
     unknown: int
 
 
-def validation_text(meta: dict, tokenizer: Tokenizer, log=_say) -> ScoredText:
+def validation_text(meta: dict, tokenizer: Tokenizer, log=say) -> ScoredText:
     """The validation part of the text a run was trained on (`meta`: its config.json)."""
-    corpus, cache, plan = _trained_corpus(meta, from_dict(TrainConfig, meta.get("train")).seed, log)
+    corpus, cache, plan = trained_corpus(meta, from_dict(TrainConfig, meta.get("train")).seed, log)
     return ScoredText(*cache.validation(plan, tokenizer))
 
 
@@ -274,18 +204,6 @@ def file_text(path, tokenizer: Tokenizer) -> ScoredText:
     return ScoredText(tokens, tokenizer.byte_lengths(text, tokens), n_unknown)
 
 
-def read_tokenizer(source) -> Tokenizer:
-    """The tokenizer of a run folder, or of a tokenizer.json file (blu's or a native `tokenizers` one)."""
-    path = Path(source)
-    path = path / "tokenizer.json" if path.is_dir() else path
-    try:
-        return tokenizer_from_json(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise BluError(f"{path}: no such tokenizer file") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise BluError(f"{path}: cannot read ({error})") from None
-
-
 def _check_budget(iters, time_s) -> None:
     if iters is not None and iters < 1:
         raise BluError(f"--iters must be at least 1, got {iters}")
@@ -293,19 +211,3 @@ def _check_budget(iters, time_s) -> None:
         raise BluError(f"duration must be positive, got {time_s!r}")
 
 
-def _trained_corpus(meta: dict, seed: int, log) -> tuple[Corpus, CorpusCache, object]:
-    """The corpus a run was trained on, its cache and its split, refused if it changed."""
-    data = meta.get("data")
-    if not (isinstance(data, dict) and isinstance(data.get("path"), (str, type(None)))):
-        raise BluError("config.json does not say which text the run was trained on (its data section is missing or damaged)")
-    fraction = data.get("val_fraction", VAL_FRACTION)  # runs from before it was a choice: 10%
-    if not isinstance(fraction, float):
-        raise BluError("config.json: data.val_fraction should be a number")
-    explicit = data.get("kind") == "explicit validation"
-    source = data["train"] if explicit else data
-    corpus = open_corpus(source["path"], data["validation"]["path"] if explicit else None, fraction, seed,
-                         source.get("ext"), source.get("text_field", "text"), source.get("skip_bad_files", False))
-    manifests = corpus.manifests()
-    check_unchanged(data, manifests, corpus.sources())
-    cache = CorpusCache(corpus, manifests, log)
-    return corpus, cache, cache.plan()

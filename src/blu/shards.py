@@ -36,6 +36,7 @@ from .errors import BluError
 from .shard_writer import FORMAT, QUIET_BELOW, UNIT_CHARS, build_shards, encode_unit, units_of
 from .tokenizer import Tokenizer, tokenizer_from_json
 
+PLAN_FORMAT = 2  # of corpus.json: a plan of another format is scanned again
 PARALLEL_BYTES = 16 << 20  # smaller corpora are tokenized in this process: starting workers costs more
 
 
@@ -61,8 +62,8 @@ class Prepared:
 class CorpusCache:
     """The cache folder of one corpus (`manifests`: its files as corpus.Corpus.manifests gives them)."""
 
-    def __init__(self, corpus: Corpus, manifests, log=print):
-        self.corpus, self.log = corpus, log
+    def __init__(self, corpus: Corpus, manifests, log):
+        self.corpus, self.manifests, self.log = corpus, manifests, log
         self.material = corpus.key_material(manifests)
         self.folder = tokens_dir() / _key(self.material)
 
@@ -88,14 +89,15 @@ class CorpusCache:
         path = self.folder / "corpus.json"
         with self.locked():
             saved = read_json(path) if path.exists() else None
-            if isinstance(saved, dict) and saved.get("for") == self.material:
+            if isinstance(saved, dict) and saved.get("format") == PLAN_FORMAT and saved.get("for") == self.material:
                 return Plan(**saved["plan"])
             start = time.perf_counter()
             plan = self.corpus.scan()
             seconds = time.perf_counter() - start
-            write_json(path, {"for": self.material, "plan": plan.__dict__, "scan_s": round(seconds, 3)})
+            write_json(path, {"format": PLAN_FORMAT, "for": self.material, "plan": plan.__dict__, "scan_s": round(seconds, 3)})
             if plan.text_bytes >= QUIET_BELOW:
-                self.log(f"blu: read {plan.documents:,} documents, {plan.text_bytes / 1e6:,.1f} MB of text, in {seconds:.1f} s")
+                self.log(f"blu: read {sum(plan.documents):,} documents, {plan.text_bytes / 1e6:,.1f} MB of text, "
+                         f"in {seconds:.1f} s")
             return plan
 
     def tokenizer(self, kind: str, vocab_size: int | None, build) -> Tokenizer:
@@ -200,23 +202,25 @@ class TokenShards:
         return int(self.starts[-1])
 
     def windows(self, starts: np.ndarray, length: int) -> np.ndarray:
-        """The tokens [start, start + length) for each start, (len(starts), length) int64.
-        Each call maps the files anew and lets go of them, so the pages a batch touched leave
-        this process's resident memory (a map kept open for a whole run grows to the corpus's
-        size: nanoGPT #287)."""
+        """The tokens [start, start + length) for each start, (len(starts), length) int64; a
+        window may run across files. Each call maps the files it needs and lets go of them, so
+        the pages a batch touched leave this process's resident memory: a map kept open grows
+        to the corpus's size (nanoGPT #287), and one kept for 16 batches held 100 MB of a 96 MB
+        file, the kernel mapping pages around each one read. A batch of 32 x 129 tokens takes
+        1.6 ms from 250 files, 0.17 ms from one (0.03 from an array in memory): 0.5% of a `cpu`
+        preset step on 2 cores at most."""
         out = np.empty((len(starts), length), dtype=np.int64)
         maps = {}
-        for row, start in enumerate(starts.tolist()):
+        shards = np.searchsorted(self.starts, starts, side="right") - 1
+        for row, (start, shard) in enumerate(zip(starts.tolist(), shards.tolist())):
             filled = 0
             while filled < length:
-                shard = int(np.searchsorted(self.starts, start + filled, side="right")) - 1
-                if shard not in maps:
-                    maps[shard] = np.memmap(self.paths[shard], dtype=self.dtype, mode="r")
-                begin = start + filled - int(self.starts[shard])
-                piece = maps[shard][begin : begin + length - filled]
+                if shard not in maps:  # a plain array over the map: slicing a np.memmap is slow
+                    maps[shard] = np.memmap(self.paths[shard], dtype=self.dtype, mode="r").view(np.ndarray)
+                piece = maps[shard][start + filled - int(self.starts[shard]) :][: length - filled]
                 out[row, filled : filled + len(piece)] = piece
                 filled += len(piece)
-        del maps
+                shard += 1
         return out
 
     def read(self) -> np.ndarray:

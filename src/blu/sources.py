@@ -16,10 +16,10 @@ from pathlib import Path
 import string
 from typing import Iterator
 
-from .data import default_corpus_path
+from .data import decoded_blocks, default_corpus_path, not_utf8
 from .errors import BluError
 
-DOCUMENT_FORMATS = (".jsonl", ".jsonl.gz", ".parquet")  # several documents per file
+DOCUMENT_FORMATS = (".jsonl", ".parquet", ".gz")  # several documents per file (a .gz: of either, or of text files)
 PIECE_CHARS = 1 << 20  # documents reach the tokenizer in pieces of about this many characters
 READ_BYTES = 1 << 20
 _SAFE_BEFORE_CUT = set(string.ascii_letters + string.digits + string.punctuation)
@@ -27,7 +27,7 @@ _SAFE_BEFORE_CUT = set(string.ascii_letters + string.digits + string.punctuation
 
 def is_document_corpus(path: Path) -> bool:
     """Whether `path` holds several documents (a folder, JSONL, Parquet, gzip) rather than one text."""
-    return path.is_dir() or path.name.endswith(DOCUMENT_FORMATS + (".gz",))
+    return path.is_dir() or path.name.endswith(DOCUMENT_FORMATS)
 
 
 @dataclass
@@ -39,7 +39,9 @@ class Source:
     ext: list[str] | None = None
     text_field: str = "text"
     skip_bad: bool = False
-    files: list[Path] = field(default_factory=list)
+    root: Path = field(init=False)  # the path, or tiny Shakespeare's in the cache
+    documents: bool = field(init=False)  # several documents, not one text
+    files: list[Path] = field(init=False)  # every file to read, in order
 
     def __post_init__(self):
         root = self.path if self.path is not None else default_corpus_path()
@@ -93,32 +95,11 @@ class Source:
                     for document in _jsonl_documents(file, stream, self.text_field):
                         yield from pieces_of([document])
                 else:
-                    yield from pieces_of(_decoded(file, stream))
+                    yield from pieces_of(decoded_blocks(file, stream, READ_BYTES))
         except (OSError, EOFError) as error:  # gzip reports a bad stream this way
             if opener is gzip.open and not isinstance(error, FileNotFoundError):
                 raise BluError(f"{file} is not valid gzip ({error})") from None
             raise BluError(f"{file}: cannot read ({getattr(error, 'strerror', None) or error})") from None
-
-
-def _decoded(file: Path, stream) -> Iterator[str]:
-    """The text of a binary stream, in blocks, as strict UTF-8: the byte offset of a bad byte is
-    reported, as is a NUL byte (a binary file)."""
-    pending, offset = b"", 0
-    while block := stream.read(READ_BYTES):
-        data = pending + block
-        if b"\x00" in data:
-            raise BluError(f"{file} looks binary (NUL byte at offset {offset + data.index(0)}); blu trains on text")
-        try:
-            text, pending = data.decode("utf-8"), b""
-        except UnicodeDecodeError as error:
-            if error.end != len(data) or error.reason != "unexpected end of data":
-                raise BluError(f"{file} is not UTF-8: invalid byte 0x{data[error.start]:02x} at offset "
-                               f"{offset + error.start}") from None
-            text, pending = data[: error.start].decode("utf-8"), data[error.start :]  # a character cut by the block
-        offset += len(data) - len(pending)
-        yield text
-    if pending:
-        raise BluError(f"{file} is not UTF-8: invalid byte 0x{pending[0]:02x} at offset {offset}")
 
 
 def pieces_of(texts, size: int = PIECE_CHARS) -> Iterator[tuple[str, bool]]:
@@ -161,8 +142,7 @@ def _jsonl_documents(file: Path, stream, text_field: str) -> Iterator[str]:
         try:
             text = line.decode("utf-8")
         except UnicodeDecodeError as error:
-            raise BluError(f"{file} is not UTF-8: invalid byte 0x{line[error.start]:02x} at offset "
-                           f"{offset + error.start}") from None
+            raise not_utf8(file, line[error.start], offset + error.start) from None
         offset += len(line)
         if not text.strip():
             continue
@@ -197,20 +177,13 @@ def _parquet_documents(file: Path, text_field: str) -> Iterator[str]:
         raise BluError(f"{file} is not a readable Parquet file ({str(error).splitlines()[0][:120]})") from None
 
 
-def read_documents(path, ext=None, text_field: str = "text", skip_bad: bool = False) -> list[str]:
-    """Every document below `path`, whole, in order (for tests and small corpora: this one holds
-    them all in memory)."""
-    source = Source(Path(path), ext, text_field, skip_bad)
-    documents, current = [], []
+def read_documents(path, ext=None, text_field: str = "text") -> list[str]:
+    """Every document below `path`, whole, in order: all of them in memory, for tests."""
+    source, documents, current = Source(Path(path), ext, text_field), [], []
     for file in source.files:
-        try:
-            for piece, last in source.read(file):
-                current.append(piece)
-                if last:
-                    documents.append("".join(current))
-                    current = []
-        except BluError as error:
-            if not skip_bad:
-                raise BluError(f"{error} (--skip-bad-files leaves such files out)") from None
-            current = []
+        for piece, last in source.read(file):
+            current.append(piece)
+            if last:
+                documents.append("".join(current))
+                current = []
     return documents

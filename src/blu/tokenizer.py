@@ -164,16 +164,24 @@ class CharTokenizer(Tokenizer):
         return cls(data["chars"])
 
 
+def check_tokenizer_settings(kind: str, vocab_size: int | None) -> None:
+    """Refuse a kind or vocabulary size build_tokenizer cannot make, before any text is read."""
+    if kind not in KINDS:
+        raise BluError(f"tokenizer must be one of {', '.join(KINDS)}, got {kind!r}")
+    if vocab_size is not None and kind != "bpe":
+        raise BluError(f"vocab-size is for --tokenizer bpe; a {kind} vocabulary comes from what it is")
+    if vocab_size is not None and not 258 <= vocab_size <= 1 << 20:
+        raise BluError(f"vocab-size for bpe must be between 258 (the 256 bytes, one merge, end-of-text) "
+                       f"and {1 << 20}, got {vocab_size}")
+
+
 def build_tokenizer(kind: str, texts, vocab_size: int | None = None) -> Tokenizer:
     """A new tokenizer of `kind` whose vocabulary comes from the training text, a str or an
     iterable of str read once (`vocab_size`: the size of a bpe vocabulary, the only kind that
     has a choice)."""
     from . import bytelevel
 
-    if kind not in KINDS:
-        raise BluError(f"tokenizer must be one of {', '.join(KINDS)}, got {kind!r}")
-    if vocab_size is not None and kind != "bpe":
-        raise BluError(f"vocab-size is for --tokenizer bpe; a {kind} vocabulary comes from what it is")
+    check_tokenizer_settings(kind, vocab_size)
     texts = [texts] if isinstance(texts, str) else texts
     if kind == "char":
         return CharTokenizer.from_texts(texts)

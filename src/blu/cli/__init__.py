@@ -56,7 +56,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_prepare(args) -> int:
-    from ..runs import prepare
+    from ..run_text import prepare
     from ..shards import list_cache, tokens_dir
 
     if args.list:
