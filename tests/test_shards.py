@@ -3,6 +3,7 @@ not, across shard files; reused when nothing changed and rebuilt when a byte or 
 does; never taken whole after Ctrl-C, kill -9 or a full disk; safe with two preparers at once;
 read with resident memory that does not grow."""
 
+import fcntl
 import json
 import os
 from pathlib import Path
@@ -178,14 +179,27 @@ def test_an_interrupted_preparation_is_never_taken_whole(big_corpus, tmp_path, b
     assert index["train_tokens"] == len(TokenShards(entry, index)) > 1_000_000
 
 
-def test_two_preparers_at_once_take_turns(big_corpus, tmp_path):
+def test_two_preparers_at_once_take_turns(big_corpus, tmp_path, monkeypatch):
+    """Both start while the corpus's lock is held (here, by the test), so they surely meet."""
     cache = tmp_path / "cache"
-    processes = [subprocess.Popen(prepare_command(big_corpus, "--tokenizer", "byte", "--workers", "1"), env=_env(cache),
-                                  stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    errors = [p.communicate(timeout=300)[1] for p in processes]
+    monkeypatch.setenv("BLU_CACHE", str(cache))
+    corpus = Corpus(Source(big_corpus), None, 0.1, 1337)
+    folder = CorpusCache(corpus, corpus.manifests(), log=lambda message: None).folder
+    folder.mkdir(parents=True)
+    logs = [tmp_path / f"stderr{i}" for i in range(2)]
+    with open(folder / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        processes = [subprocess.Popen(prepare_command(big_corpus, "--tokenizer", "byte", "--workers", "1"), env=_env(cache),
+                                      stderr=open(log, "w")) for log in logs]
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not all("waiting for another blu" in log.read_text() for log in logs):
+            time.sleep(0.05)
+    for process in processes:
+        process.wait(300)
+    errors = [log.read_text() for log in logs]
     assert [p.returncode for p in processes] == [0, 0], errors
-    assert sum("tokenized" in e for e in errors) == 1  # the second waited and found the work done
-    assert any("waiting for another blu" in e for e in errors)
+    assert all("waiting for another blu" in e for e in errors)
+    assert sum("tokenized" in e for e in errors) == 1  # one tokenized; the other waited and found the work done
     [entry] = _entries(cache)
     shards = TokenShards(entry, json.loads((entry / "index.json").read_text()))
     train, _ = split_documents(read_documents(big_corpus), 0.1, 1337)
