@@ -27,7 +27,7 @@ from blu.config import PRESETS, SamplingOptions
 from blu.export.gguf import write_gguf
 from blu.generate import stream_tokens
 from blu.model import Transformer
-from blu.tokenizer import CharTokenizer
+from blu.tokenizers import CharTokenizer
 
 SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
 

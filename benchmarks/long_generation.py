@@ -14,7 +14,7 @@ import re
 from common import save, table
 
 import blu
-from blu.data import load_text, split
+from blu.data.text import load_text, split
 from blu.evaluate import stream_eval
 
 WORD = re.compile(r"[A-Za-z']+")

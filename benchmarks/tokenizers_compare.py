@@ -15,8 +15,8 @@ import time
 from budget_loss import run_budget
 from common import save, table
 
-from blu.data import default_corpus_path, read_corpus, split
-from blu.tokenizer import build_tokenizer
+from blu.data.text import default_corpus_path, read_corpus, split
+from blu.tokenizers import build_tokenizer
 
 
 def main():

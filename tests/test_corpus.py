@@ -9,10 +9,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from blu.corpus import Corpus, split_documents
+from blu.data.sources import Source, read_documents
+from blu.data.split import Corpus, split_documents
 from blu.errors import BluError
 from blu.runs import create_run, resume_run
-from blu.sources import Source, read_documents
 
 
 def plays(shakespeare, n=60) -> list[str]:

@@ -1,23 +1,24 @@
 import numpy as np
 import pytest
 
-from blu import data
+from blu.data import batches
+from blu.data import text as data
 from blu.errors import BluError
 
 
 def test_batches_line_up_with_targets():
     tokens = np.arange(1000, dtype=np.uint16)
-    sampler = data.BatchSampler(tokens, batch_size=8, context=16, seed=0)
+    sampler = batches.BatchSampler(tokens, batch_size=8, context=16, seed=0)
     x, y = sampler.next()
     assert x.shape == y.shape == (8, 16)
     assert (y[:, :-1] == x[:, 1:]).all() and (y[:, -1] == x[:, -1] + 1).all()
-    again = data.BatchSampler(tokens, batch_size=8, context=16, seed=0).next()[0]
+    again = batches.BatchSampler(tokens, batch_size=8, context=16, seed=0).next()[0]
     assert (again == x).all()
 
 
 def test_sampler_reaches_the_last_token():
     tokens = np.arange(20, dtype=np.uint8)
-    sampler = data.BatchSampler(tokens, batch_size=256, context=4, seed=1)
+    sampler = batches.BatchSampler(tokens, batch_size=256, context=4, seed=1)
     assert int(sampler.next()[1].max()) == 19
 
 

@@ -17,7 +17,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 import torch
 
-from blu.data import BatchSampler
+from blu.data.batches import BatchSampler
 
 # A tiny model that trains 60 steps in a few seconds; an evaluation (and a save) every 10 steps.
 FLAGS = ["--dim", "32", "--n-layer", "2", "--n-head", "4", "--hidden-dim", "64", "--context", "64",

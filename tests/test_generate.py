@@ -11,7 +11,7 @@ from blu.errors import BluError
 from blu.generate import StopStrings, TextGenerator, stream_tokens
 from blu.model import RMSNorm, Transformer
 from blu.sampling import sample
-from blu.tokenizer import CharTokenizer
+from blu.tokenizers import CharTokenizer
 
 
 @pytest.fixture(scope="module")

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 import blu
-from blu.bytelevel import END_OF_TEXT
 from blu.config import SamplingOptions
 from blu.generate import stream_tokens
+from blu.tokenizers.bytelevel import END_OF_TEXT
 
 HARD_CASES = ["emoji 🙂👩‍👩‍👧 and CJK 日本語のテキスト", "combining e\u0301 and n\u0303 beside é and ñ",
               "CRLF\r\nand\ttabs\t\tend", "  leading, trailing and   many spaces  ",
@@ -229,9 +229,9 @@ def test_export_refuses_what_llama_cpp_cannot_hold_in_one_line(runs, exported, c
 def test_a_bpe_vocabulary_llama_cpp_would_read_differently_is_refused(runs):
     from tokenizers import Tokenizer
 
-    from blu.bytelevel import ByteLevelTokenizer
     from blu.errors import BluError
     from blu.export.gguf_vocab import gguf_vocab
+    from blu.tokenizers import ByteLevelTokenizer
 
     tokenizer = blu.load(runs["bpe"]).tokenizer
     data = json.loads(tokenizer.to_json())

@@ -15,14 +15,14 @@ import pytest
 from safetensors.torch import load_file
 import torch
 
-from blu import data
-from blu.checkpoint import atomic_write
 from blu.config import SamplingOptions, parse_duration
+from blu.data import text as data
 from blu.errors import BluError
+from blu.files import atomic_write
 from blu.model import Transformer
 from blu.runs import load_run
 from blu.sampling import sample
-from blu.tokenizer import CharTokenizer
+from blu.tokenizers import CharTokenizer
 from blu.train import train
 
 

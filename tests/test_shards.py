@@ -18,11 +18,12 @@ from hypothesis import strategies as st
 import numpy as np
 import pytest
 
-from blu.corpus import Corpus, split_documents
+from blu.data.batches import TokenShards
+from blu.data.cache import CorpusCache, list_cache
+from blu.data.sources import Source, pieces_of, read_documents
+from blu.data.split import Corpus, split_documents
 from blu.errors import BluError
-from blu.shards import CorpusCache, TokenShards, list_cache
-from blu.sources import Source, pieces_of, read_documents
-from blu.tokenizer import build_tokenizer
+from blu.tokenizers import build_tokenizer
 
 
 @pytest.fixture(scope="module")

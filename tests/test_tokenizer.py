@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from blu.errors import BluError
-from blu.tokenizer import CharTokenizer, build_tokenizer, tokenizer_from_json
+from blu.tokenizers import CharTokenizer, build_tokenizer, tokenizer_from_json
 
 
 def test_round_trip_and_vocabulary():

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 import blu
-from blu.bytelevel import END_OF_TEXT
 from blu.config import SamplingOptions
 from blu.generate import StopStrings, stream_tokens
 from blu.runs import load_config
+from blu.tokenizers.bytelevel import END_OF_TEXT
 
 OLD_RUN = Path(__file__).parent / "data" / "run_before_tokenizers"
 HARD_CASES = ["emoji 🙂👩‍👩‍👧 and CJK 日本語", "combining e\u0301", "CRLF\r\nand\ttabs", "\ufeffBOM",

@@ -6,7 +6,9 @@
         print(piece, end="")
 """
 
-__version__ = "0.1.0"
+from .version import __version__
+
+__all__ = ["__version__", "load"]
 
 
 def load(run_dir, device: str = "cpu"):

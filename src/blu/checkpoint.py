@@ -15,39 +15,17 @@ No pickle anywhere: loading a run folder never executes code from it.
 """
 
 import json
-import os
 from pathlib import Path
-import tempfile
 
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_bytes
 import torch
 
 from .errors import BluError
+from .files import atomic_write
 from .model import Transformer
 
 RUN_FILES = ("config.json", "tokenizer.json", "model.safetensors", "last", "metrics.jsonl", "loss.png", "samples.txt")
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write to a temporary file, fsync, then rename: a crash (or a full disk) leaves the old file or the new one."""
-    path = Path(path)
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        os.fchmod(fd, 0o644)  # mkstemp makes files private; run folders are ordinary files
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as error:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
-        if isinstance(error, OSError):
-            raise BluError(f"could not save {path} ({error.strerror or error}); its previous version is kept") from None
-        raise
 
 
 def remove_temporaries(run_dir: Path) -> None:
@@ -67,20 +45,6 @@ def clear_run(run_dir: Path) -> None:
             path.rmdir()
         elif path.exists():
             path.unlink()
-
-
-def write_json(path: Path, data) -> None:
-    atomic_write(path, json.dumps(data, indent=2).encode())
-
-
-def read_json(path: Path):
-    """The JSON of a run-folder file, or a one-line BluError saying why it cannot be read."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise BluError(f"{path.parent} is not a blu run folder: {path.name} is missing") from None
-    except (ValueError, OSError) as error:
-        raise BluError(f"{path} is unreadable or corrupt ({error})") from None
 
 
 def model_tensors(model: Transformer, prefix: str = "") -> dict:

@@ -4,7 +4,7 @@ import io
 import json
 from pathlib import Path
 
-from .checkpoint import atomic_write
+from .files import atomic_write
 
 
 class MetricsLog:

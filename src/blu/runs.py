@@ -23,17 +23,27 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from . import __version__
-from .checkpoint import atomic_write, clear_run, load_weights, read_json, write_json
+from .checkpoint import clear_run, load_weights
 from .config import PRESETS, ModelConfig, TrainConfig, configs_for, from_dict, to_dict
-from .data import SHAKESPEARE_NAME, VAL_FRACTION, load_text
+from .data.batches import TokenShards
+from .data.prepare import (
+    choose_tokenizer,
+    open_corpus,
+    read_tokenizer,
+    say,
+    split_corpus,
+    tokens_for,
+    tokens_record,
+    trained_corpus,
+)
+from .data.text import SHAKESPEARE_NAME, VAL_FRACTION, load_text
 from .device import pick_device
 from .distributed import World
 from .errors import BluError
+from .files import atomic_write, read_json, write_json
 from .model import Transformer
-from .run_text import choose_tokenizer, open_corpus, read_tokenizer, say, split_corpus, tokens_for, tokens_record, trained_corpus
-from .shards import TokenShards
-from .tokenizer import Tokenizer
+from .tokenizers import Tokenizer
+from .version import __version__
 
 FORMAT = 1  # bump when a run folder written by this version cannot be read by an older one
 

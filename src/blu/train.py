@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from .checkpoint import load_last, remove_temporaries, save_last, save_model
 from .config import ModelConfig
-from .data import BatchSampler
+from .data.batches import BatchSampler
 from .device import autocast_for
 from .distributed import Agreed, StopRequest, World
 from .errors import BluError

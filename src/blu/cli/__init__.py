@@ -7,9 +7,9 @@ import json
 import math
 import sys
 
-from .. import __version__
 from ..config import ModelConfig, SamplingOptions, TrainConfig, knobs
 from ..errors import BluError, ReportedByRankZero
+from ..version import __version__
 from .parser import build_parser
 
 SEED_PROMPTS = ("ROMEO: ", "HAMLET: To be, or not to be,", "Once upon a time", "The king")
@@ -56,8 +56,8 @@ def cmd_train(args) -> int:
 
 
 def cmd_prepare(args) -> int:
-    from ..run_text import prepare
-    from ..shards import list_cache, tokens_dir
+    from ..data.cache import list_cache, tokens_dir
+    from ..data.prepare import prepare
 
     if args.list:
         entries = list_cache()

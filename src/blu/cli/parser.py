@@ -4,11 +4,11 @@ export, with the training and sampling flags generated from the configuration da
 import argparse
 import os
 
-from .. import __version__
 from ..config import DEFAULT_MAX_NEW_TOKENS, PRESETS, ModelConfig, SamplingOptions, TrainConfig, knobs, parse_duration
-from ..data import MAX_VALIDATION_CHARS, VAL_FRACTION
+from ..data.text import MAX_VALIDATION_CHARS, VAL_FRACTION
 from ..errors import BluError
-from ..tokenizer import DEFAULT_BPE_VOCAB_SIZE, KINDS
+from ..tokenizers import DEFAULT_BPE_VOCAB_SIZE, KINDS
+from ..version import __version__
 
 
 class Parser(argparse.ArgumentParser):

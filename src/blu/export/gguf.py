@@ -11,9 +11,7 @@ whose regex is the one blu's byte and bpe tokenizers split text with); see gguf_
 """
 
 from dataclasses import dataclass
-import os
 from pathlib import Path
-import tempfile
 
 import gguf
 import numpy as np
@@ -21,6 +19,7 @@ import torch
 
 from ..checkpoint import model_tensors
 from ..errors import BluError
+from ..files import atomic_file
 from ..runs import load_run
 from .gguf_vocab import gguf_vocab
 from .hf import hf_state_dict
@@ -144,18 +143,6 @@ def export_gguf(run_dir, out, dtype: str = "f32") -> Path:
     if out.is_dir():
         raise BluError(f"--out {out} is a folder; give the path of the .gguf file to write")
     _, model, tokenizer = load_run(run_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.")
-    os.close(fd)
-    try:
-        write_gguf(Path(tmp), Path(run_dir).resolve().name, model, tokenizer, dtype)
-        os.chmod(tmp, 0o644)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
-    except OSError as error:
-        raise BluError(f"could not write {out} ({error.strerror or error})") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_file(out) as tmp:
+        write_gguf(tmp, Path(run_dir).resolve().name, model, tokenizer, dtype)
     return out

@@ -21,9 +21,9 @@ import json
 
 import gguf
 
-from ..bytelevel import END_OF_TEXT, gpt2_byte_map
 from ..errors import BluError
-from ..tokenizer import UNK
+from ..tokenizers import UNK
+from ..tokenizers.bytelevel import END_OF_TEXT, gpt2_byte_map
 
 NORMAL, CONTROL = gguf.TokenType.NORMAL, gguf.TokenType.CONTROL
 

@@ -12,12 +12,13 @@ import re
 
 from safetensors.torch import save as safetensors_bytes
 
-from ..bytelevel import END_OF_TEXT
-from ..checkpoint import atomic_write, model_tensors
+from ..checkpoint import model_tensors
 from ..errors import BluError
+from ..files import atomic_write
 from ..model import fused_rows
 from ..runs import load_run
-from ..tokenizer import UNK
+from ..tokenizers import UNK
+from ..tokenizers.bytelevel import END_OF_TEXT
 
 # blu name -> transformers name(s); {i} is the layer index. Fused blu weights
 # split along their rows into the transformers weights listed, in order.

@@ -1,18 +1,15 @@
-"""Text files: reading one strictly, the default tiny Shakespeare dataset, where one text is
-cut into training and validation, and the seeded batch sampler."""
+"""Text: reading a file strictly as UTF-8 (whole or a block at a time), the default tiny
+Shakespeare corpus (downloaded once and verified), and where one text is cut into training
+and validation (the split point)."""
 
 import hashlib
 import io
 import itertools
-import os
 from pathlib import Path
-import tempfile
 import urllib.request
 
-import numpy as np
-import torch
-
-from .errors import BluError
+from ..errors import BluError
+from ..files import atomic_write, cache_dir
 
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
@@ -20,10 +17,6 @@ SHAKESPEARE_NAME = "tinyshakespeare.txt"
 VAL_FRACTION = 0.1
 # Evaluating the whole validation text at every evaluation must stay a small share of training.
 MAX_VALIDATION_CHARS = 4_000_000
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("BLU_CACHE") or Path.home() / ".cache" / "blu")
 
 
 def sha256_of(data: bytes) -> str:
@@ -46,10 +39,7 @@ def default_corpus_path() -> Path:
         ) from None
     if sha256_of(data) != SHAKESPEARE_SHA256:
         raise BluError(f"the download from {SHAKESPEARE_URL} failed its SHA-256 check; save the file as {path}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, delete=False) as tmp:
-        tmp.write(data)
-    os.replace(tmp.name, path)
+    atomic_write(path, data)
     return path
 
 
@@ -125,35 +115,6 @@ def split(text, context: int, name: str = "the corpus", fraction: float = VAL_FR
     """The text (a str or an array) cut at its split_point: (training part, validation part)."""
     cut = split_point(len(text), context, name, fraction)
     return text[:cut], text[cut:]
-
-
-class BatchSampler:
-    """Random windows of `context + 1` tokens, drawn with its own seeded generator
-    so that a resumed run draws the same batches as one that never stopped.
-
-    Under torchrun each of the `ranks` processes draws the same global batch of
-    `batch_size * ranks` windows and keeps its own slice of `batch_size`, so what a run
-    reads depends on the seed and the global batch alone, not on how many processes share it."""
-
-    def __init__(self, tokens: np.ndarray, batch_size: int, context: int, seed: int, rank: int = 0, ranks: int = 1):
-        self.tokens = tokens
-        self.batch_size = batch_size
-        self.context = context
-        self.generator = torch.Generator().manual_seed(seed)
-        self._offsets = np.arange(context + 1)
-        self._mine = slice(rank * batch_size, (rank + 1) * batch_size)
-        self._global_batch = batch_size * ranks
-
-    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(inputs, targets), each (batch_size, context) int64; targets are inputs shifted by one."""
-        high = len(self.tokens) - self.context  # the last start that leaves room for the target
-        starts = torch.randint(0, high, (self._global_batch,), generator=self.generator).numpy()[self._mine]
-        if isinstance(self.tokens, np.ndarray):
-            windows = self.tokens[starts[:, None] + self._offsets].astype(np.int64)
-        else:  # token shards on disk (shards.TokenShards)
-            windows = self.tokens.windows(starts, self.context + 1)
-        windows = torch.from_numpy(windows)
-        return windows[:, :-1], windows[:, 1:]
 
 
 def load_text(path=None, expected_sha256: str | None = None) -> tuple[str, Path]:

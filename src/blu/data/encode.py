@@ -1,6 +1,6 @@
 """Writing token shards: a corpus's pieces grouped in units of about UNIT_CHARS characters,
 encoded by forked worker processes that write each training unit to its own shard file in a
-temporary folder, renamed into place when whole (see shards.py for the cache around it)."""
+temporary folder, renamed into place when whole (see cache.py for the cache around it)."""
 
 from collections import deque
 from dataclasses import dataclass
@@ -17,10 +17,10 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from .checkpoint import write_json
-from .corpus import Corpus, Plan
-from .errors import BluError
-from .tokenizer import Tokenizer
+from ..errors import BluError
+from ..files import write_json
+from ..tokenizers import Tokenizer
+from .split import Corpus, Plan
 
 FORMAT = 1  # of index.json and the files beside it
 UNIT_CHARS = 4 << 20  # text a worker encodes at a time, into a shard file of its own

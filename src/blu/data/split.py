@@ -1,7 +1,7 @@
 """The text of a run: its sources (sources.py) split into training and validation text
 before tokenizing, the record of which is which, and the check that it has not changed.
 
-A plain text file is one document whose final range (data.split_point) is for validation; a
+A plain text file is one document whose final range (text.split_point) is for validation; a
 corpus of documents is split by a seeded hash of each document (`choose_validation`). The
 split is found by one pass over the corpus (`Corpus.scan`) and kept as a `Plan`.
 """
@@ -11,9 +11,9 @@ from dataclasses import dataclass
 import hashlib
 from typing import Iterator, NamedTuple
 
-from .data import MAX_VALIDATION_CHARS, split_point
-from .errors import BluError
+from ..errors import BluError
 from .sources import Source
+from .text import MAX_VALIDATION_CHARS, split_point
 
 
 class Piece(NamedTuple):

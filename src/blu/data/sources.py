@@ -16,8 +16,8 @@ from pathlib import Path
 import string
 from typing import Iterator
 
-from .data import decoded_blocks, default_corpus_path, not_utf8
-from .errors import BluError
+from ..errors import BluError
+from .text import decoded_blocks, default_corpus_path, not_utf8
 
 DOCUMENT_FORMATS = (".jsonl", ".parquet", ".gz")  # several documents per file (a .gz: of either, or of text files)
 PIECE_CHARS = 1 << 20  # documents reach the tokenizer in pieces of about this many characters

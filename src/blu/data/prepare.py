@@ -1,19 +1,14 @@
 """The text of a run as tokens: its corpus opened and split, its tokenizer chosen or built from
-the training text, and its token shards read from the cache or written there (shards.py).
+the training text, and its token shards read from the cache or written there (cache.py).
 runs.py creates and resumes runs on it; `blu prepare` stops here."""
 
 import math
 from pathlib import Path
 import sys
 
-from .bytelevel import MAX_TRAINING_CHARS
-from .config import TrainConfig
-from .corpus import Corpus, check_unchanged
-from .data import VAL_FRACTION, split_point
-from .errors import BluError
-from .shards import CorpusCache, Prepared, tokens_dir
-from .sources import Source
-from .tokenizer import (
+from ..config import TrainConfig
+from ..errors import BluError
+from ..tokenizers import (
     DEFAULT_KIND,
     DEFAULT_KIND_SHAKESPEARE,
     Tokenizer,
@@ -21,6 +16,11 @@ from .tokenizer import (
     check_tokenizer_settings,
     tokenizer_from_json,
 )
+from ..tokenizers.bytelevel import MAX_TRAINING_CHARS
+from .cache import CorpusCache, Prepared, tokens_dir
+from .sources import Source
+from .split import Corpus, check_unchanged
+from .text import VAL_FRACTION, split_point
 
 
 def say(message: str) -> None:

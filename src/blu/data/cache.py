@@ -1,5 +1,6 @@
-"""Token shards: a corpus tokenized once, in parallel, into files in the cache folder, and
-read back through memory maps. What is cached, under $BLU_CACHE/tokens/:
+"""The token cache: a corpus tokenized once (encode.py) into files in the cache folder, found
+again by a key of its files and settings, and read back through memory maps (batches.py).
+What is cached, under $BLU_CACHE/tokens/:
 
     <corpus key>/                 one corpus: its files (paths, sizes, SHA-256) and split settings
         corpus.json               the split found by scanning it (corpus.Plan) and what it is for
@@ -29,12 +30,13 @@ import time
 
 import numpy as np
 
-from .checkpoint import atomic_write, read_json, write_json
-from .corpus import Corpus, Plan
-from .data import cache_dir
-from .errors import BluError
-from .shard_writer import FORMAT, QUIET_BELOW, UNIT_CHARS, build_shards, encode_unit, units_of
-from .tokenizer import Tokenizer, tokenizer_from_json
+from ..errors import BluError
+from ..files import atomic_write, cache_dir, read_json, write_json
+from ..tokenizers import Tokenizer, tokenizer_from_json
+from ..tokenizers.bytelevel import MAX_TRAINING_CHARS
+from .batches import TokenShards
+from .encode import FORMAT, QUIET_BELOW, UNIT_CHARS, build_shards, encode_unit, units_of
+from .split import Corpus, Plan
 
 PLAN_FORMAT = 2  # of corpus.json: a plan of another format is scanned again
 PARALLEL_BYTES = 16 << 20  # smaller corpora are tokenized in this process: starting workers costs more
@@ -52,7 +54,7 @@ def _key(material) -> str:
 class Prepared:
     """A corpus tokenized: training tokens on disk, the validation text in memory."""
 
-    train: "TokenShards"
+    train: TokenShards
     val_tokens: np.ndarray
     val_bytes: np.ndarray  # UTF-8 bytes of text each validation token stands for
     index: dict  # what index.json holds: counts, the validation text's size and SHA-256, timings
@@ -103,8 +105,6 @@ class CorpusCache:
     def tokenizer(self, kind: str, vocab_size: int | None, build) -> Tokenizer:
         """The tokenizer `build()` makes from this corpus, kept for the next run on it (building
         is deterministic: the same corpus and settings give the same file)."""
-        from .bytelevel import MAX_TRAINING_CHARS
-
         path = self.folder / f"tokenizer-{kind}-{vocab_size or 0}-{MAX_TRAINING_CHARS}.json"
         with self.locked():
             if path.exists():
@@ -188,44 +188,6 @@ def open_prepared(folder: Path) -> Prepared:
     val_tokens = np.fromfile(folder / "val.bin", dtype=dtype)
     val_bytes = np.fromfile(folder / "val_bytes.bin", dtype=np.uint32).astype(np.int64)
     return Prepared(TokenShards(folder, index), val_tokens, val_bytes, index, folder)
-
-
-class TokenShards:
-    """The training tokens of a prepared corpus: shard files read as one sequence."""
-
-    def __init__(self, folder: Path, index: dict):
-        self.dtype = np.dtype(index["dtype"])
-        self.paths = [folder / shard["file"] for shard in index["shards"]]
-        self.starts = np.cumsum([0] + [shard["tokens"] for shard in index["shards"]])
-
-    def __len__(self) -> int:
-        return int(self.starts[-1])
-
-    def windows(self, starts: np.ndarray, length: int) -> np.ndarray:
-        """The tokens [start, start + length) for each start, (len(starts), length) int64; a
-        window may run across files. Each call maps the files it needs and lets go of them, so
-        the pages a batch touched leave this process's resident memory: a map kept open grows
-        to the corpus's size (nanoGPT #287), and one kept for 16 batches held 100 MB of a 96 MB
-        file, the kernel mapping pages around each one read. A batch of 32 x 129 tokens takes
-        1.6 ms from 250 files, 0.17 ms from one (0.03 from an array in memory): 0.5% of a `cpu`
-        preset step on 2 cores at most."""
-        out = np.empty((len(starts), length), dtype=np.int64)
-        maps = {}
-        shards = np.searchsorted(self.starts, starts, side="right") - 1
-        for row, (start, shard) in enumerate(zip(starts.tolist(), shards.tolist())):
-            filled = 0
-            while filled < length:
-                if shard not in maps:  # a plain array over the map: slicing a np.memmap is slow
-                    maps[shard] = np.memmap(self.paths[shard], dtype=self.dtype, mode="r").view(np.ndarray)
-                piece = maps[shard][start + filled - int(self.starts[shard]) :][: length - filled]
-                out[row, filled : filled + len(piece)] = piece
-                filled += len(piece)
-                shard += 1
-        return out
-
-    def read(self) -> np.ndarray:
-        """Every training token in memory (for tests and small corpora)."""
-        return np.concatenate([np.fromfile(path, dtype=self.dtype) for path in self.paths])
 
 
 def list_cache() -> list[dict]:

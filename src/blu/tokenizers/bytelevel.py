@@ -18,8 +18,8 @@ import numpy as np
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
-from .errors import BluError
-from .tokenizer import StreamDecoder, Tokenizer
+from ..errors import BluError
+from .base import StreamDecoder, Tokenizer
 
 END_OF_TEXT = "<|endoftext|>"
 # BPE trains on at most this much of the training text: about 13 s and 0.5 GB on 2 cores (BENCHMARKS.md).
