@@ -121,11 +121,6 @@ class KVCache:
         self.lengths = [0] * rows  # positions filled in each row, kept on the host: no device sync to read them
         self._views = {}
 
-    @classmethod
-    def for_model(cls, model, rows: int) -> "KVCache":
-        p = model.tok_embeddings.weight
-        return cls(model.config, rows, p.device, p.dtype)
-
     @property
     def rows(self) -> int:
         return len(self.lengths)
