@@ -250,10 +250,10 @@ class DecodeBatch:
     refills and the repetition penalty); a row with fewer is padded on the left with its
     first token, which leaves the set of tokens seen unchanged."""
 
-    def __init__(self, decoder: Decoder, capacity: int, history_length: int = 0, cache: KVCache | None = None):
+    def __init__(self, decoder: Decoder, capacity: int, history_length: int = 0):
         self.decoder = decoder
         c = decoder.config
-        self.cache = cache or KVCache(c, capacity, decoder.weights.embedding.device, decoder.weights.embedding.dtype)
+        self.cache = KVCache(c, capacity, decoder.weights.embedding.device, decoder.weights.embedding.dtype)
         self.keep = max(1, c.context // 2)
         self.width = max(c.context, history_length)
         self.history = torch.zeros((0, self.width), dtype=torch.long, device=decoder.weights.embedding.device)
