@@ -19,7 +19,7 @@ import torch
 import blu
 from blu.config import PRESETS, SamplingOptions
 from blu.export import to_transformers
-from blu.generate import decode, sampler, stream_tokens
+from blu.generate import generation_loop, sampler, stream_tokens
 from blu.model import Transformer
 
 
@@ -54,7 +54,7 @@ def main():
     def batch_run(batch_size):
         prompts = torch.tensor([prompt] * batch_size)
         choose = sampler(SamplingOptions(0.8, 0, 0.9), torch.Generator().manual_seed(0))
-        return lambda: sum(1 for _ in decode(model, prompts, n, choose))
+        return lambda: sum(1 for _ in generation_loop(model, prompts, n, choose))
 
     contenders = {"blu greedy": blu_run(SamplingOptions(0.0)),
                   "blu sampling (T 0.8, top-p 0.9)": blu_run(SamplingOptions(0.8, 0, 0.9)),

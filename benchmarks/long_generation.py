@@ -35,7 +35,7 @@ def main():
     args = parser.parse_args()
 
     run = blu.load(args.run)
-    text, _ = load_text(run.config["data"]["path"], run.config["data"]["sha256"])
+    text, _ = load_text(run.meta["data"]["path"], run.meta["data"]["sha256"])
     train_tokens, val_tokens = split(run.tokenizer.encode_array(text)[0], run.model.config.context)
     train_text = text[: len(train_tokens)]
     vocabulary = {w.strip("'").lower() for w in WORD.findall(train_text)}
@@ -49,7 +49,7 @@ def main():
     print(table(rows))
     buckets = stream_eval(run.model, val_tokens)
     print(table(buckets))
-    save("long_generation", {"run_config": run.config["model"], "chars": args.chars, "window": args.window,
+    save("long_generation", {"run_config": run.meta["model"], "chars": args.chars, "window": args.window,
                              "real_word_share": rows, "position_buckets": buckets})
 
 

@@ -1,13 +1,16 @@
 """Helpers for the `blu serve` tests (not a test module): a tiny trained run, a server started
-as a subprocess on a free port, and the official `openai` client in strict mode."""
+as a subprocess on a free port (or in a thread of the test, around an engine the test can reach
+into), a module fixture of one, and the official `openai` client in strict mode."""
 
 from pathlib import Path
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import httpx
+import pytest
 
 TINY_TRAIN = ["--tokenizer", "char", "--dim", "32", "--n-layer", "2", "--n-head", "4", "--hidden-dim", "64", "--context", "32",
               "--batch-size", "8", "--lr", "3e-3"]
@@ -76,14 +79,7 @@ class Server:
             time.sleep(0.05)
 
     def client(self, api_key: str = "none", strict: bool = True):
-        """The official client. Strict: every response must parse into the client's own types.
-        Streamed *completions* need strict=False: the client types their finish_reason as never
-        null, while OpenAI's own stream (and vLLM's, and blu's) sends null until the last chunk.
-        No retries, so that a 429 or 503 is seen as it is."""
-        from openai import OpenAI
-
-        return OpenAI(base_url=self.url + "/v1", api_key=api_key, max_retries=0, timeout=60,
-                      _strict_response_validation=strict)
+        return openai_client(self.url, api_key, strict)
 
     def stop(self) -> None:
         self.process.terminate()
@@ -92,3 +88,68 @@ class Server:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+
+    def __enter__(self) -> "Server":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def openai_client(url: str, api_key: str = "none", strict: bool = True):
+    """The official client. Strict: every response must parse into the client's own types.
+    Streamed *completions* need strict=False: the client types their finish_reason as never
+    null, while OpenAI's own stream (and vLLM's, and blu's) sends null until the last chunk.
+    No retries, so that a 429 or 503 is seen as it is."""
+    from openai import OpenAI
+
+    return OpenAI(base_url=url + "/v1", api_key=api_key, max_retries=0, timeout=60, _strict_response_validation=strict)
+
+
+def server_fixture(*args: str):
+    """A module fixture: `blu serve` on the session's served run with `args`, stopped after the module."""
+
+    @pytest.fixture(scope="module")
+    def server(served_run):
+        with Server(served_run, *args) as server:
+            yield server
+
+    return server
+
+
+class ThreadServer:
+    """The app under uvicorn in a thread of this process, around its own engine, which the test
+    can reach into (to make it fail); used as a context manager."""
+
+    def __init__(self, run: Path, capacity: int = 4, max_queue: int = 4):
+        import uvicorn
+
+        from blu.serve.app import build_app
+        from blu.serve.chat import ChatTemplate
+        from blu.serve.engine import Engine
+        from blu.serve.settings import ServerSettings
+
+        settings = ServerSettings(run=run, port=free_port())
+        self.url = f"http://127.0.0.1:{settings.port}"
+        self.engine = Engine(run, "cpu", capacity=capacity, max_queue=max_queue)
+        self.server = uvicorn.Server(uvicorn.Config(build_app(settings, self.engine, ChatTemplate()), host="127.0.0.1",
+                                                    port=settings.port, log_level="error"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> "ThreadServer":
+        self.engine.start()
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the app did not start under uvicorn")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+        self.engine.stop()
+
+    def client(self, strict: bool = True):
+        return openai_client(self.url, "none", strict)

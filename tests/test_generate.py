@@ -1,5 +1,6 @@
 """Generation: the fast decoder against the model, rows at different positions, the rule past
-the context, sampling, stop strings and the text API."""
+the context, sampling, the token-to-text stream (stop strings, end of text, the token limit)
+and the text API."""
 
 import pytest
 import torch
@@ -8,10 +9,14 @@ from torch.overrides import TorchFunctionMode
 from blu.config import SamplingOptions
 from blu.decode import DecodeBatch, Decoder, KVCache
 from blu.errors import BluError
-from blu.generate import StopStrings, TextGenerator, stream_tokens
+from blu.generate import TextGenerator, stream_tokens
 from blu.model import RMSNorm, Transformer
 from blu.sampling import sample
+from blu.text_stream import StopStrings, TextStream
 from blu.tokenizers import CharTokenizer
+from blu.tokenizers.bytelevel import byte_tokenizer
+
+LETTERS = CharTokenizer([chr(ord("a") + i) for i in range(66)])  # 66 characters and <unk>: the tiny model's 67
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +47,7 @@ def test_cached_decoding_equals_the_model_at_every_position(tiny, first_layer_ta
     assert (decoder.weights.first_qkv is not None) == first_layer_table
     with torch.no_grad():
         full = model(x)
-        cache = KVCache.for_model(model, rows=batch_size)
+        cache = KVCache(model.config, batch_size, "cpu", torch.float32)
         stepwise = [decoder.prefill(x[:, :3], cache)] + [decoder.step(x[:, t], cache) for t in range(3, 32)]
         with pytest.raises(ValueError, match="exceeds the context"):
             decoder.step(x[:, 0], cache)
@@ -109,27 +114,35 @@ def test_past_the_context_each_token_sees_half_to_full_window(model):
     texts = prompt.tolist()
     batch = DecodeBatch(Decoder(model), capacity=2)
     batch.add(prompt)
+    refills = 0
     for _ in range(100):
         tokens = torch.randint(1, 67, (2,))
         for text, token in zip(texts, tokens.tolist()):
             text.append(token)
         logits = batch.step(tokens)
         if batch.cache.lengths[0] == 16:  # just refilled: 16 = context/2 tokens in the cache
+            refills += 1
             with torch.no_grad():
                 fresh = model(torch.tensor([text[-16:] for text in texts]))[:, -1]
             assert (logits - fresh).abs().max().item() < 1e-4
         assert (logits - reference_windows(model, texts, [20, 20])).abs().max().item() < 1e-4
-    assert len(texts[0]) == 120  # several refills of a 32-token context
+    assert refills == 6  # at steps 13, 30, 47, 64, 81 and 98: full at 32 tokens, refilled to 16
 
 
 def test_positions_beyond_the_context_are_refused(model):
+    """The reference model refuses positions it has no rotary angles for, rather than wrapping."""
     with pytest.raises(ValueError, match="exceed the context"):
         model(torch.zeros(1, 33, dtype=torch.long))
 
 
 def test_generation_continues_past_the_context(model):
-    tokens = list(stream_tokens(model, [1, 2, 3], 200, SamplingOptions(temperature=0)))
-    assert len(tokens) == 200  # the context is 32: the cache was refilled several times
+    """stream_tokens far past the 32-token context: each greedy token is the likeliest after a
+    fresh forward over the window the rule past the context gives it (a refill that kept the
+    wrong tokens, or none, would change them)."""
+    tokens = list(stream_tokens(model, [1, 2, 3], 100, SamplingOptions(temperature=0)))
+    text = [1, 2, 3] + tokens
+    expected = [int(reference_windows(model, [text[: 3 + i]], [3]).argmax()) for i in range(len(tokens))]
+    assert tokens == expected
 
 
 class DtypeLog(TorchFunctionMode):
@@ -161,6 +174,7 @@ def test_sampling_never_uses_float64(temperature):
 
 
 def test_top_k_1_and_tiny_top_p_are_greedy():
+    """top-k 1, a top-p below any probability and temperature 0 all give the argmax."""
     torch.manual_seed(0)
     logits = torch.randn(4, 50)
     greedy = logits.argmax(-1)
@@ -171,6 +185,7 @@ def test_top_k_1_and_tiny_top_p_are_greedy():
 
 
 def test_top_p_keeps_the_smallest_set_reaching_p():
+    """top-p 0.8 over 0.5, 0.3, 0.15, 0.05 keeps the first two only (0.5 alone falls short)."""
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
     g = torch.Generator().manual_seed(0)
     drawn = {int(sample(logits, SamplingOptions(1.0, top_p=0.8), g)) for _ in range(300)}
@@ -189,8 +204,9 @@ def test_samples_follow_the_distribution(top_p, expected):
 
 
 def test_same_seed_same_text_and_unknown_prompt_characters(model):
-    tokenizer = CharTokenizer([chr(ord("a") + i) for i in range(66)])
-    run = TextGenerator(model, tokenizer)
+    """A seed gives the same text again; prompt characters outside the vocabulary are dropped
+    (the text is that of the prompt without them) and listed by unknown_chars."""
+    run = TextGenerator(model, LETTERS)
     a = "".join(run.generate("abc\u2603", 50, seed=3))
     b = "".join(run.generate("abc", 50, seed=3))
     assert a == b and len(a) == 50
@@ -199,14 +215,19 @@ def test_same_seed_same_text_and_unknown_prompt_characters(model):
 
 
 @pytest.mark.parametrize("options", [dict(temperature=-1), dict(top_p=0), dict(top_p=1.5), dict(top_k=-2),
-                                     dict(max_new_tokens=-1)])
-def test_bad_sampling_values(model, options):
-    run = TextGenerator(model, CharTokenizer([chr(ord("a") + i) for i in range(66)]))
+                                     dict(max_new_tokens=-1), dict(min_p=1.0), dict(repetition_penalty=0),
+                                     dict(repetition_window=0), dict(temperature=float("nan"))])
+@pytest.mark.parametrize("many", [False, True], ids=["generate", "generate_many"])
+def test_bad_sampling_values_are_refused_at_the_call(model, options, many):
+    """Each bad value raises BluError when generate is called, before any piece is asked for
+    (blu generate checks its flags that way before printing anything), and in generate_many."""
+    run = TextGenerator(model, LETTERS)
     with pytest.raises(BluError):
-        list(run.generate("ab", **options))
+        run.generate_many("ab", 2, **options) if many else run.generate("ab", **options)
 
 
 def test_min_p_drops_unlikely_tokens():
+    """min-p 0.5 drops the tokens below half the likeliest's probability."""
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
     g = torch.Generator().manual_seed(0)
     drawn = {int(sample(logits, SamplingOptions(1.0, min_p=0.5), g)) for _ in range(300)}
@@ -214,6 +235,8 @@ def test_min_p_drops_unlikely_tokens():
 
 
 def test_repetition_penalty_as_defined():
+    """A seen token's positive logit is divided by the penalty and a negative one multiplied
+    (as transformers does), which can hand the argmax to an unseen token; off by default."""
     recent = torch.tensor([[0]])
     for logits, expected in (([2.0, 1.5, -3.0], 1), ([-1.0, -1.5, -3.0], 1), ([2.0, 0.5, -3.0], 0)):
         options = SamplingOptions(0.0, repetition_penalty=2.0)
@@ -222,6 +245,7 @@ def test_repetition_penalty_as_defined():
 
 
 def test_stop_strings_hold_back_only_possible_starts():
+    """Streamed text is held back only while it could still begin a stop string, and cut before the first one."""
     stops = StopStrings(["\n\n", "END"])
     assert stops.feed("Hello E") == "Hello "  # "E" may begin "END"
     assert stops.feed("ve") == "Eve"
@@ -233,7 +257,8 @@ def test_stop_strings_hold_back_only_possible_starts():
 
 
 def test_generate_stops_before_the_stop_string(model):
-    run = TextGenerator(model, CharTokenizer([chr(ord("a") + i) for i in range(66)]))
+    """generate's text ends just before a stop string the model writes, which is not included."""
+    run = TextGenerator(model, LETTERS)
     full = "".join(run.generate("abc", 120, temperature=0))
     stop = full[60:63]
     cut = "".join(run.generate("abc", 120, temperature=0, stop=[stop]))
@@ -241,7 +266,9 @@ def test_generate_stops_before_the_stop_string(model):
 
 
 def test_batched_samples(model):
-    run = TextGenerator(model, CharTokenizer([chr(ord("a") + i) for i in range(66)]))
+    """generate_many: distinct samples of the full length, the same again for the same seed, and
+    greedy rows equal to generate's greedy text."""
+    run = TextGenerator(model, LETTERS)
     texts = run.generate_many("abc", num_samples=4, max_new_tokens=80, seed=5, temperature=1.0)
     assert len(texts) == 4 and all(len(t) == 80 for t in texts) and len(set(texts)) == 4
     assert run.generate_many("abc", num_samples=4, max_new_tokens=80, seed=5, temperature=1.0) == texts
@@ -249,9 +276,75 @@ def test_batched_samples(model):
     assert greedy == ["".join(run.generate("abc", 80, temperature=0))] * 2
 
 
-@pytest.mark.parametrize("options", [dict(min_p=1.0), dict(repetition_penalty=0), dict(repetition_window=0),
-                                     dict(temperature=float("nan"))])
-def test_more_bad_sampling_values(model, options):
-    run = TextGenerator(model, CharTokenizer([chr(ord("a") + i) for i in range(66)]))
-    with pytest.raises(BluError):
-        run.generate("ab", **options)
+def fed(stream: TextStream, tokens) -> tuple[list[str], list[list[tuple[int, int]]]]:
+    """What each feed of `tokens` showed and released (feeding stops once the text has ended)."""
+    shown, released = [], []
+    for token in tokens:
+        shown.append(stream.feed(token))
+        released.append(stream.released)
+        if stream.reason:
+            break
+    return shown, released
+
+
+def test_text_stream_ends_at_the_end_of_text_token_and_never_shows_it():
+    """The end-of-text token ends the text ("stop"), counted but never shown, nor anything after
+    it; with no end ids it is text like any other token (here: none), and the text ends when the
+    caller says ("length")."""
+    tokenizer = byte_tokenizer()
+    tokens = [*"hi☃".encode(), tokenizer.end_id, *b"x"]
+    stream = TextStream(tokenizer)
+    shown, _ = fed(stream, tokens)
+    assert shown == ["h", "i", "", "", "☃", ""] and stream.reason == "stop" and stream.tokens == 6
+    assert stream.feed(ord("y")) == "" and stream.finish() == "" and stream.tokens == 6
+    open_ended = TextStream(tokenizer, end_ids=())
+    assert "".join(fed(open_ended, tokens)[0]) == "hi☃x" and open_ended.reason is None
+    assert open_ended.finish() == "" and open_ended.reason == "length"
+
+
+def test_text_stream_token_limit_flushes_what_was_held_back():
+    """The token that reaches max_tokens ends the text ("length") and brings out what a stop
+    string had held back; a stop string ends it ("stop") with nothing of the string shown; a
+    character cut off by the end comes out as U+FFFD, as decode() shows it."""
+    tokenizer = CharTokenizer("abcdEND")
+    stream = TextStream(tokenizer, stop=["END"], max_tokens=5)
+    shown, _ = fed(stream, tokenizer.encode("abcENd"))
+    assert shown == ["a", "b", "c", "", "EN"] and stream.reason == "length" and stream.tokens == 5
+    stream = TextStream(tokenizer, stop=["END"], max_tokens=50)
+    assert "".join(fed(stream, tokenizer.encode("abENDcd"))[0]) == "ab" and stream.reason == "stop"
+    assert stream.tokens == 5 and stream.finish() == ""
+    cut = TextStream(byte_tokenizer(), max_tokens=2)
+    assert "".join(fed(cut, [*b"a", 0xE2])[0]) == "a\ufffd" and cut.reason == "length"
+
+
+def test_text_stream_releases_each_token_with_the_text_it_belongs_to():
+    """`released` names each token once its text is all shown, with where that text begins: the
+    bytes of one character all begin where the character does, a token held back by a possible
+    stop string is released with the text that follows, and a stop string's tokens never are."""
+    stream = TextStream(byte_tokenizer(), stop=["b!"])
+    shown, released = fed(stream, [*"aé☃b".encode(), *b"c", *b"b!"])
+    assert "".join(shown) == "aé☃bc" and stream.reason == "stop"
+    assert released == [[(0, 0)], [(1, 1)], [(2, 1)], [(3, 2)], [(4, 2)], [(5, 2)], [], [(6, 3), (7, 4)], [], []]
+
+
+def test_generating_leaves_the_model_in_its_mode(tiny):
+    """TextGenerator does not switch the model it is given to eval mode (training samples from
+    the model it trains, which must stay in training mode), and needs no eval mode: with dropout
+    on, a model in training mode generates what it generates in eval mode."""
+    torch.manual_seed(0)
+    model = Transformer(tiny(dropout=0.5)).train()
+    training = "".join(TextGenerator(model, LETTERS).generate("abc", 40, temperature=0))
+    assert model.training
+    model.eval()
+    assert "".join(TextGenerator(model, LETTERS).generate("abc", 40, temperature=0)) == training
+    assert not model.training
+
+
+def test_every_token_has_its_own_bytes():
+    """tokenizer.token_bytes: a char token's character in UTF-8, <unk> and end-of-text none, a
+    byte token its one byte (what log-probabilities report for a token that is part of a character)."""
+    chars = CharTokenizer("aé☃")
+    assert [chars.token_bytes[i] for i in chars.encode("aé☃")] == [b"a", "é".encode(), "☃".encode()]
+    assert chars.token_bytes[chars.unk_id] == b"" and len(chars.token_bytes) == chars.vocab_size
+    tokenizer = byte_tokenizer()
+    assert tokenizer.token_bytes[0xE2] == b"\xe2" and tokenizer.token_bytes[tokenizer.end_id] == b""

@@ -11,6 +11,7 @@ from blu.train import train
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, shakespeare):
+    """A char model trained 250 steps on tiny Shakespeare (context 32), its tokenizer and validation tokens."""
     run = create_run(tmp_path_factory.mktemp("run"), shakespeare, preset="cpu", iters=250, device="cpu", tokenizer="char",
                      overrides=dict(dim=64, n_layer=2, n_head=4, n_kv_head=4, hidden_dim=192, context=32,
                                     batch_size=32, lr=4e-3, warmup_iters=20, eval_every=1000, sample_chars=0))
@@ -22,10 +23,14 @@ def trained(tmp_path_factory, shakespeare):
 
 
 def test_buckets():
+    """Position buckets double in width from the first position to `span` contexts (32 x 8 = 256):
+    distance past the context on a log scale, with no position left out or counted twice."""
     assert position_buckets(32, 8) == [(1, 16), (16, 32), (32, 64), (64, 128), (128, 256)]
 
 
 def test_loss_past_the_context_is_no_worse_than_in_its_second_half(trained):
+    """Through the generation path, the loss at any distance past the context is no worse (within
+    noise) than in the context's second half: the refill rule keeps the model where it was trained."""
     model, _, val_tokens = trained
     rows = stream_eval(model, val_tokens[:40_000], span=8)
     half = rows[1]
@@ -37,6 +42,7 @@ def test_loss_past_the_context_is_no_worse_than_in_its_second_half(trained):
 
 
 def test_stream_losses_match_the_plain_forward_inside_the_context(trained):
+    """Inside the first context, the streamed losses of the generation path are the model's own."""
     model, _, val_tokens = trained
     x = torch.from_numpy(val_tokens[:33].astype("int64"))[None]
     with torch.no_grad():
@@ -45,6 +51,7 @@ def test_stream_losses_match_the_plain_forward_inside_the_context(trained):
 
 
 def test_long_text_does_not_fall_apart(trained):
+    """3,000 characters (about 100 contexts) keep the word shape of their start to their end."""
     model, tokenizer, _ = trained
     text = "".join(TextGenerator(model, tokenizer).generate("ROMEO:", 3000, seed=0))
     assert len(text) == 3000

@@ -1,7 +1,8 @@
 """The serving engine in-process: rows that join and leave a running batch, newer weights
-picked up between requests, and a failure inside the engine reaching a streaming client as an
-error event (the only way once the 200 has been sent)."""
+picked up between requests, a failure inside the engine reaching every client (as an error
+event once the 200 has been sent), and a byte-level run's end of text and log-probabilities."""
 
+import json
 from pathlib import Path
 import shutil
 import subprocess
@@ -10,23 +11,34 @@ import time
 
 import openai
 import pytest
-from serve_support import corpus, free_port, train_command
+from serve_support import ThreadServer, train_command
 import torch
 
 import blu
 from blu.checkpoint import save_model
 from blu.config import SamplingOptions
-from blu.serve.app import build_app
-from blu.serve.chat import ChatTemplate
 from blu.serve.engine import Engine
-from blu.serve.events import Finish, Job, Piece
-from blu.serve.settings import ServerSettings
+from blu.serve.events import Failure, Finish, Job, TextDelta
 
 
 @pytest.fixture(scope="module")
 def run(served_run, tmp_path_factory):
     """A copy: a test here rewrites its weights."""
     return Path(shutil.copytree(served_run, tmp_path_factory.mktemp("serve-engine") / "shakes"))
+
+
+@pytest.fixture(scope="module")
+def byte_run(tmp_path_factory, shakespeare) -> Path:
+    """A byte-level run on short documents (JSON lines) in which every "e" is "é": trained enough
+    (100 steps) to write whole two-byte characters, and to end its texts at end-of-text."""
+    folder = tmp_path_factory.mktemp("byte-run")
+    text = shakespeare.read_text(encoding="utf-8")[:20_000].replace("e", "é")
+    data = folder / "plays.jsonl"
+    data.write_text("".join(json.dumps({"text": p}, ensure_ascii=False) + "\n" for p in text.split("\n\n")), encoding="utf-8")
+    out = folder / "bytes"
+    command = train_command(data, out, 100, 100) + ["--tokenizer", "byte", "--lr", "1e-2"]
+    subprocess.run(command, check=True, capture_output=True, timeout=300)
+    return out
 
 
 @pytest.fixture
@@ -38,14 +50,19 @@ def engine(run):
 
 
 class Collector:
-    """A job's events, gathered from the engine thread."""
+    """A job's events, gathered from the engine thread; `done` is set when every choice has
+    finished or the job has failed."""
 
     def __init__(self, n=1, after=None):
         self.texts, self.reasons, self.tokens, self.count = [""] * n, [None] * n, [0] * n, 0
+        self.failures = []
         self.done, self.after = threading.Event(), after
 
     def __call__(self, event):
-        if isinstance(event, Piece):
+        if isinstance(event, Failure):
+            self.failures.append(event.message)
+            self.done.set()
+        elif isinstance(event, TextDelta):
             self.texts[event.index] += event.text
             self.count += 1
             if self.after:
@@ -115,18 +132,8 @@ def test_newer_weights_are_picked_up_between_requests(engine, run):
 def test_failure_after_streaming_started_is_an_error_event(run):
     """An engine failure after the 200 reaches the client as a `data: {"error": ...}` event,
     which the openai client raises as APIError; the engine starts afresh and serves the next one."""
-    import uvicorn
-
-    settings = ServerSettings(run=run, port=free_port())
-    engine = Engine(run, "cpu", capacity=4, max_queue=4)
-    server = uvicorn.Server(uvicorn.Config(build_app(settings, engine, ChatTemplate()), host="127.0.0.1",
-                                           port=settings.port, log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    engine.start()
-    thread.start()
-    try:
-        while not server.started:
-            time.sleep(0.05)
+    with ThreadServer(run) as server:
+        engine = server.engine
         real_step, steps = engine.batch.step, []
 
         def failing_step(tokens):
@@ -136,8 +143,7 @@ def test_failure_after_streaming_started_is_an_error_event(run):
             return real_step(tokens)
 
         engine.batch.step = failing_step
-        client = openai.OpenAI(base_url=f"http://127.0.0.1:{settings.port}/v1", api_key="x", max_retries=0,
-                               _strict_response_validation=True)
+        client = server.client()
         pieces = []
         with pytest.raises(openai.APIError, match="the device fell over"):
             for chunk in client.chat.completions.create(model="shakes", messages=[{"role": "user", "content": "Hi"}],
@@ -147,18 +153,34 @@ def test_failure_after_streaming_started_is_an_error_event(run):
         assert engine.active == 0
         again = client.completions.create(model="shakes", prompt="ROMEO:", max_tokens=5)
         assert again.usage.completion_tokens == 5
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        engine.stop()
 
 
-def test_byte_run_ends_at_end_of_text(tmp_path, shakespeare):
+def test_a_failed_prefill_ends_every_job_with_an_error(engine):
+    """When the prefill of a job fails (out of memory, say), that job and those waiting behind it
+    each end with a Failure event and the count of active requests returns to 0: none is lost
+    between the queue and the batch (its client would wait for ever). The engine then serves on."""
+
+    def failing_add(prompts):
+        raise RuntimeError("CUDA out of memory")
+
+    engine.batch.add = failing_add  # the engine's next batch, made after the failure, is a real one
+    jobs = [job(engine, prompt, 20, 1) for prompt in ("ROMEO:", "KING:", "JULIET:")]
+    with engine.lock:  # all three wait in the queue when the engine looks at it
+        for new, _ in jobs:
+            engine.submit(new)
+    for _, events in jobs:
+        assert events.done.wait(10), "a job never heard of the failure"
+        assert events.failures == ["generation failed: RuntimeError: CUDA out of memory"]
+    assert engine.active == 0
+    new, events = job(engine, "ROMEO:", 20, 1)
+    engine.submit(new)
+    assert events.done.wait(30) and not events.failures and events.reasons == ["length"]
+
+
+def test_byte_run_ends_at_end_of_text(byte_run):
     """A byte-level run: the engine stops a choice at the end-of-text token, as `blu generate`
     does (finish_reason "stop"), and streams only whole characters."""
-    data = corpus(tmp_path, shakespeare, 20_000)
-    out = tmp_path / "bytes"
-    subprocess.run(train_command(data, out, 10, 10) + ["--tokenizer", "byte"], check=True, capture_output=True, timeout=300)
+    out = byte_run
     engine = Engine(out, "cpu", capacity=4, max_queue=4)
     engine.start()
     try:
@@ -176,6 +198,28 @@ def test_byte_run_ends_at_end_of_text(tmp_path, shakespeare):
         assert ended, "no choice ended at the end-of-text token"
     finally:
         engine.stop()
+
+
+def test_byte_run_logprobs_report_each_tokens_own_bytes(byte_run):
+    """On a byte-level run, where each byte of "é" is a token whose text alone is U+FFFD: chat's
+    `bytes` are each token's own, so that joined they are the reply's; completions' text_offset
+    is where each token's character begins in the text, not a count of U+FFFDs."""
+    with ThreadServer(byte_run) as server:
+        client = server.client()
+        reply = client.chat.completions.create(model="bytes", messages=[{"role": "user", "content": "Spéak."}],
+                                               max_tokens=60, seed=3, temperature=0.5, logprobs=True, top_logprobs=2)
+        content = reply.choices[0].logprobs.content
+        text = reply.choices[0].message.content
+        assert "é" in text and "\ufffd" not in text, "the test needs whole characters split across tokens"
+        assert b"".join(bytes(t.bytes) for t in content) == text.encode()
+        assert all(len(t.bytes) == 1 and all(len(a.bytes) <= 1 for a in t.top_logprobs) for t in content)
+        done = client.completions.create(model="bytes", prompt="ROMéO:", max_tokens=60, seed=3, temperature=0.5,
+                                         logprobs=2)
+        text, logprobs = done.choices[0].text, done.choices[0].logprobs
+        assert "é" in text and "\ufffd" not in text
+        raw = text.encode()  # one byte per token
+        assert len(logprobs.text_offset) == len(raw)
+        assert logprobs.text_offset == [len(raw[:i].decode("utf-8", errors="ignore")) for i in range(len(raw))]
 
 
 @pytest.mark.parametrize("options", [SamplingOptions(0.8, 0, 0.9), SamplingOptions(1.2, 5, 1.0, 0.05, 1.3),

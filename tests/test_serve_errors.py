@@ -9,18 +9,10 @@ import sys
 import httpx
 import openai
 import pytest
-from serve_support import Server
+from serve_support import Server, server_fixture
 
 KEY = "sesame-123"
-
-
-@pytest.fixture(scope="module")
-def server(served_run):
-    server = Server(served_run)
-    yield server
-    server.stop()
-
-
+server = server_fixture()
 TEMPLATE = "{role} said: {content}\n"
 
 
@@ -29,13 +21,13 @@ def guarded(served_run, tmp_path_factory):
     """A server with a key, one origin allowed, one row, a queue of one and its own chat template."""
     template = tmp_path_factory.mktemp("template") / "chat.txt"
     template.write_text(TEMPLATE, encoding="utf-8")
-    server = Server(served_run, "--api-key", KEY, "--cors-origin", "http://notes.example", "--max-batch", "1",
-                    "--max-queue", "1", "--chat-template", str(template))
-    yield server
-    server.stop()
+    with Server(served_run, "--api-key", KEY, "--cors-origin", "http://notes.example", "--max-batch", "1",
+                "--max-queue", "1", "--chat-template", str(template)) as server:
+        yield server
 
 
 def assert_openai_error(response: httpx.Response, status: int, param=None, code=None) -> dict:
+    """The error of `response`, checked to be in OpenAI's shape with this status (and param, code)."""
     assert response.status_code == status, response.text
     body = response.json()
     assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
@@ -110,6 +102,8 @@ def test_unknown_characters_are_listed(server):
 
 
 def test_malformed_bodies_unknown_model_and_routes(server):
+    """Bodies that are not a JSON object, an unknown model, route and method: each an error in
+    OpenAI's shape (400, 404, 405), never a framework's own page."""
     url = server.url
     assert_openai_error(httpx.post(url + "/v1/completions", content=b"{not json", timeout=10), 400, code="invalid_json")
     assert_openai_error(httpx.post(url + "/v1/completions", json=[1, 2], timeout=10), 400, code="invalid_json")
@@ -148,6 +142,7 @@ def test_api_key(guarded):
 
 
 def test_cors_closed_unless_an_origin_is_named(server, guarded):
+    """A browser on another origin may call the API only if --cors-origin names it."""
     preflight = {"Origin": "http://notes.example", "Access-Control-Request-Method": "POST",
                  "Access-Control-Request-Headers": "authorization, content-type"}
     allowed = httpx.options(guarded.url + "/v1/completions", headers=preflight, timeout=10)
@@ -185,11 +180,9 @@ def test_full_queue_is_503_with_retry_after(guarded):
 
 
 def test_warning_when_listening_beyond_loopback_without_a_key(served_run, tmp_path):
-    server = Server(served_run, "--host", "0.0.0.0", log=tmp_path / "open.log")
-    try:
+    """Listening beyond loopback with no --api-key is allowed, with a warning naming --api-key."""
+    with Server(served_run, "--host", "0.0.0.0", log=tmp_path / "open.log") as server:
         assert "WARNING" in server.log.read_text() and "--api-key" in server.log.read_text()
-    finally:
-        server.stop()
 
 
 def test_chat_template_flag_and_bad_settings(guarded, served_run, tmp_path):

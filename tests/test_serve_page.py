@@ -9,7 +9,7 @@ import time
 
 import httpx
 import pytest
-from serve_support import Server, corpus, train_command
+from serve_support import Server, corpus, server_fixture, train_command
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
@@ -49,6 +49,7 @@ class Watched:
 
 
 def wait_for(condition, timeout=30.0, what="", every=0.1):
+    """Poll `condition` until it holds; TimeoutError saying `what` after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
@@ -56,14 +57,12 @@ def wait_for(condition, timeout=30.0, what="", every=0.1):
         time.sleep(every)
 
 
-@pytest.fixture(scope="module")
-def server(served_run):
-    server = Server(served_run)
-    yield server
-    server.stop()
+server = server_fixture()
 
 
 def test_generate_grows_the_text_and_stop_stops_it(browser, server):
+    """Generate streams text into the box as it comes; Stop ends it at once, closes the stream
+    (the server stops computing) and leaves the text editable for the next Generate."""
     watched = Watched(browser, server.url)
     page = watched.page
     # A slow network (40 kB/s, about 200 events a second), so that the 2,000 characters
@@ -92,6 +91,8 @@ def test_generate_grows_the_text_and_stop_stops_it(browser, server):
 
 
 def test_probability_view_and_chat(browser, server):
+    """The probability view colours one span per token with its probability and alternatives in
+    the title; the chat tab shows the user's message and the assistant's reply."""
     watched = Watched(browser, server.url)
     page = watched.page
     watched.open_tab("completion")
@@ -144,8 +145,7 @@ def test_training_view_updates_while_a_run_trains(browser, tmp_path, shakespeare
 
 def test_page_asks_for_the_key(browser, served_run):
     """With --api-key the page loads (it is public), asks for the key, and works once given it."""
-    server = Server(served_run, "--api-key", "k-123")
-    try:
+    with Server(served_run, "--api-key", "k-123") as server:
         watched = Watched(browser, server.url)
         page = watched.page
         page.wait_for_selector("#keyform", state="visible", timeout=30_000)
@@ -161,5 +161,3 @@ def test_page_asks_for_the_key(browser, served_run):
         assert watched.errors and all("401" in error for error in watched.errors)
         watched.errors.clear()
         watched.check_clean()
-    finally:
-        server.stop()

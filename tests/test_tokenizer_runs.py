@@ -10,8 +10,9 @@ import torch
 
 import blu
 from blu.config import SamplingOptions
-from blu.generate import StopStrings, stream_tokens
+from blu.generate import stream_tokens
 from blu.runs import load_config
+from blu.text_stream import TextStream
 from blu.tokenizers.bytelevel import END_OF_TEXT
 
 OLD_RUN = Path(__file__).parent / "data" / "run_before_tokenizers"
@@ -101,8 +102,8 @@ def test_generation_stops_at_the_end_of_text_token(runs):
     run = blu.load(runs["byte"])
     end = run.tokenizer.end_id
     tokens = [ord("h"), ord("i"), end, ord("x")]
-    assert "".join(run._text(iter(tokens), StopStrings([]), end)) == "hi"
-    assert "".join(run._text(iter(tokens), StopStrings([]), None)) == "hix"  # stop_at_end=False
+    assert "".join(map(TextStream(run.tokenizer).feed, tokens)) == "hi"
+    assert "".join(map(TextStream(run.tokenizer, end_ids=()).feed, tokens)) == "hix"  # stop_at_end=False
 
 
 @pytest.mark.parametrize("kind", ["byte", "bpe"])

@@ -121,11 +121,6 @@ class KVCache:
         self.lengths = [0] * rows  # positions filled in each row, kept on the host: no device sync to read them
         self._views = {}
 
-    @classmethod
-    def for_model(cls, model, rows: int) -> "KVCache":
-        p = model.tok_embeddings.weight
-        return cls(model.config, rows, p.device, p.dtype)
-
     @property
     def rows(self) -> int:
         return len(self.lengths)
@@ -255,10 +250,10 @@ class DecodeBatch:
     refills and the repetition penalty); a row with fewer is padded on the left with its
     first token, which leaves the set of tokens seen unchanged."""
 
-    def __init__(self, decoder: Decoder, capacity: int, history_length: int = 0, cache: KVCache | None = None):
+    def __init__(self, decoder: Decoder, capacity: int, history_length: int = 0):
         self.decoder = decoder
         c = decoder.config
-        self.cache = cache or KVCache(c, capacity, decoder.weights.embedding.device, decoder.weights.embedding.dtype)
+        self.cache = KVCache(c, capacity, decoder.weights.embedding.device, decoder.weights.embedding.dtype)
         self.keep = max(1, c.context // 2)
         self.width = max(c.context, history_length)
         self.history = torch.zeros((0, self.width), dtype=torch.long, device=decoder.weights.embedding.device)

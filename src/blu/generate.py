@@ -1,7 +1,9 @@
-"""Generation: the loop that samples and feeds back tokens, stop strings, and the text API.
+"""Generation: the loop that samples and feeds back tokens, and the text API (`TextGenerator`,
+what `blu.load` returns).
 
-The forward of generation and the past-the-context rule are in decode.py, the
-choice of each token in sampling.py."""
+The forward of generation and the past-the-context rule are in decode.py, the choice of each
+token in sampling.py, and the text shown for the tokens (whole characters, stop strings, the
+end of text) in text_stream.py."""
 
 import torch
 
@@ -10,10 +12,11 @@ from .decode import DecodeBatch, Decoder
 from .device import device_of
 from .errors import BluError
 from .sampling import sample
+from .text_stream import TextStream
 
 
 @torch.inference_mode()
-def decode(model, prompt: torch.Tensor, steps: int, choose, history_length: int = 0):
+def generation_loop(model, prompt: torch.Tensor, steps: int, choose, history_length: int = 0):
     """The generation loop. Feed `prompt` (B, P), then `steps` times ask
     `choose(logits (B, vocab), history (B, L))` for the next tokens (B,), yield them and feed
     them back. `history` holds at least the last max(context, history_length) tokens."""
@@ -31,56 +34,39 @@ def stream_tokens(model, prompt_ids: list[int], max_new_tokens: int, options: Sa
     if not prompt_ids:
         raise ValueError("stream_tokens needs at least one prompt token")
     prompt = torch.tensor([list(prompt_ids)], device=device_of(model))
-    for token in decode(model, prompt, max_new_tokens, sampler(options, generator, banned), options.repetition_window):
+    for token in generation_loop(model, prompt, max_new_tokens, sampler(options, generator, banned),
+                                 options.repetition_window):
         yield int(token[0])
 
 
+def forbid(logits: torch.Tensor, banned: int | None) -> torch.Tensor:
+    """`logits` (B, vocab), in place, with token `banned` made impossible: the tokenizer's <unk>,
+    which stands for no character in particular, is never generated (None: nothing banned)."""
+    if banned is not None:
+        logits[:, banned] = float("-inf")
+    return logits
+
+
 def sampler(options: SamplingOptions, generator, banned: int | None = None):
-    """A `choose` function for `decode` that samples under `options`, never choosing `banned`
-    (the tokenizer's <unk>: it stands for no character in particular)."""
+    """A `choose` function for `generation_loop` that samples under `options`, never choosing `banned`."""
 
     def choose(logits, history):
-        if banned is not None:
-            logits[:, banned] = float("-inf")
-        return sample(logits, options, generator, history)
+        return sample(forbid(logits, banned), options, generator, history)
 
     return choose
 
 
-class StopStrings:
-    """Cuts streamed text at the first stop string, holding back only what could still begin one."""
-
-    def __init__(self, stops):
-        self.stops = [s for s in stops if s]
-        self.pending = ""
-        self.stopped = False
-
-    def feed(self, piece: str) -> str:
-        """The text that is now safe to show."""
-        if self.stopped:
-            return ""
-        self.pending += piece
-        hits = [self.pending.find(s) for s in self.stops if s in self.pending]
-        if hits:
-            self.stopped = True
-            out, self.pending = self.pending[: min(hits)], ""
-            return out
-        hold = max((k for s in self.stops for k in range(1, len(s)) if self.pending.endswith(s[:k])), default=0)
-        out, self.pending = self.pending[: len(self.pending) - hold], self.pending[len(self.pending) - hold :]
-        return out
-
-    def flush(self) -> str:
-        out, self.pending = ("" if self.stopped else self.pending), ""
-        return out
-
-
 class TextGenerator:
-    """A trained model with its tokenizer: what `blu.load(run_dir)` returns."""
+    """A trained model with its tokenizer: what `blu.load(run_dir)` returns. `meta` is what the
+    run's config.json holds (None for a model that has no run folder).
 
-    def __init__(self, model, tokenizer, config=None):
-        self.model = model.eval()
+    Generation reads the model's weights only (decode.Decoder), so the model is left in the mode
+    its caller has it in: training can sample from the model it is training."""
+
+    def __init__(self, model, tokenizer, meta: dict | None = None):
+        self.model = model
         self.tokenizer = tokenizer
-        self.config = config
+        self.meta = meta
 
     def _prepare(self, prompt: str, max_new_tokens: int, seed, controls: dict):
         options = SamplingOptions(**controls)
@@ -90,6 +76,9 @@ class TextGenerator:
         generator = None if seed is None else torch.Generator(device=device_of(self.model)).manual_seed(seed)
         ids = [i for i in self.tokenizer.encode(prompt) if i != self.tokenizer.unk_id] or self.tokenizer.start_ids()
         return options, generator, ids
+
+    def _stream(self, max_new_tokens: int, stop, stop_at_end: bool) -> TextStream:
+        return TextStream(self.tokenizer, stop, max_new_tokens, None if stop_at_end else ())
 
     def generate(self, prompt: str = "", max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, seed: int | None = None,
                  stop: list[str] = (), stop_at_end: bool = True, **controls):
@@ -102,19 +91,16 @@ class TextGenerator:
         dropped (see `unknown_chars`). Bad values raise BluError here, not at the first piece."""
         options, generator, ids = self._prepare(prompt, max_new_tokens, seed, controls)
         tokens = stream_tokens(self.model, ids, max_new_tokens, options, generator, self.tokenizer.unk_id)
-        return self._text(tokens, StopStrings(stop), self.tokenizer.end_id if stop_at_end else None)
+        return self._pieces(tokens, self._stream(max_new_tokens, stop, stop_at_end))
 
-    def _text(self, tokens, stops: StopStrings, end_id: int | None):
-        text = self.tokenizer.stream_decoder()
+    @staticmethod
+    def _pieces(tokens, stream: TextStream):
         for token in tokens:
-            if token == end_id:
-                break
-            piece = stops.feed(text.feed(token))
-            if piece:
+            if piece := stream.feed(token):
                 yield piece
-            if stops.stopped:
+            if stream.reason:
                 return
-        if rest := stops.feed(text.flush()) + stops.flush():
+        if rest := stream.finish():
             yield rest
 
     def generate_many(self, prompt: str = "", num_samples: int = 1, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
@@ -123,21 +109,16 @@ class TextGenerator:
         if num_samples < 1:
             raise BluError(f"num-samples must be at least 1, got {num_samples}")
         options, generator, ids = self._prepare(prompt, max_new_tokens, seed, controls)
-        prompt_tensor = torch.tensor([ids] * num_samples, device=device_of(self.model))
-        decoders = [self.tokenizer.stream_decoder() for _ in range(num_samples)]
-        filters = [StopStrings(stop) for _ in range(num_samples)]
+        prompts = torch.tensor([ids] * num_samples, device=device_of(self.model))
+        streams = [self._stream(max_new_tokens, stop, stop_at_end) for _ in range(num_samples)]
         texts = [""] * num_samples
         choose = sampler(options, generator, self.tokenizer.unk_id)
-        end_id = self.tokenizer.end_id if stop_at_end else None
-        ended = [False] * num_samples
-        for tokens in decode(self.model, prompt_tensor, max_new_tokens, choose, options.repetition_window):
+        for tokens in generation_loop(self.model, prompts, max_new_tokens, choose, options.repetition_window):
             for row, token in enumerate(tokens.tolist()):
-                ended[row] = ended[row] or token == end_id
-                if not ended[row]:
-                    texts[row] += filters[row].feed(decoders[row].feed(token))
-            if all(e or f.stopped for e, f in zip(ended, filters)):
+                texts[row] += streams[row].feed(token)
+            if all(stream.reason for stream in streams):
                 break
-        return [text + f.feed(d.flush()) + f.flush() for text, f, d in zip(texts, filters, decoders)]
+        return [text + stream.finish() for text, stream in zip(texts, streams)]
 
     def unknown_chars(self, prompt: str) -> list[str]:
         return self.tokenizer.unknown_chars(prompt)

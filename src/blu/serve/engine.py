@@ -2,15 +2,15 @@
 
 Requests (`Job`s, each with `n` choices) wait in a bounded queue and join the batch between
 decode steps: their prompts are prefilled into free rows (`DecodeBatch.add`), then every row
-advances one token per step, each at its own position. A choice leaves at its stop string or
-its token limit, and a job whose client went away leaves before the next step is computed
-(`DecodeBatch.remove`). Each row samples with its own options and its own `torch.Generator`,
-through `sampling.sample`, exactly as `blu generate` does for one text; so a seeded request
-gives the text `blu generate` gives, unless sharing the batch changes a logit enough to flip a
-draw (see the README, "Same seed, same text").
+advances one token per step, each at its own position. A choice leaves at its stop string, its
+end-of-text token or its token limit (its `TextStream` says which), and a job whose client went
+away leaves before the next step is computed (`DecodeBatch.remove`). Each row samples with its
+own options and its own `torch.Generator`, through `sampling.sample`, exactly as `blu generate`
+does for one text; so a seeded request gives the text `blu generate` gives, unless sharing the
+batch changes a logit enough to flip a draw (see the README, "Same seed, same text").
 
-Events go back to the asyncio side through `Job.send`, which must be thread-safe. Nothing in
-this module knows about HTTP."""
+Events go back through `Job.send`, which must be thread-safe. Nothing in this module knows
+about HTTP: it refuses a job by raising `events.Refused`."""
 
 from collections import deque
 from pathlib import Path
@@ -24,64 +24,53 @@ import torch
 from ..config import SamplingOptions
 from ..decode import DecodeBatch, Decoder
 from ..errors import BluError
-from ..generate import StopStrings
+from ..generate import forbid
 from ..runs import load_config, load_run
 from ..sampling import sample
-from .errors import ApiError
-from .events import Failure, Finish, Job, Piece, TokenInfo
+from ..text_stream import TextStream
+from .events import Candidate, Failure, Finish, Job, Refused, TextDelta, TokenInfo
+from .settings import ServerSettings
 
-HISTORY = 256  # tokens each row remembers for the repetition penalty: the largest repetition_window served
 RELOAD_CHECK_S = 0.5  # how often an idle engine looks for newer weights
 
 
 class Choice:
-    """A row of the batch: one choice of a job, its generator, stream decoder and stop strings."""
+    """A row of the batch: one choice of a job, its generator and its text stream."""
 
     def __init__(self, job: Job, index: int, device, tokenizer):
         self.job, self.index = job, index
         seed = secrets.randbits(63) if job.seed is None else job.seed + index
         self.generator = torch.Generator(device=device).manual_seed(seed)
-        self.text = tokenizer.stream_decoder()
-        self.end_id = tokenizer.end_id  # the end-of-text token (byte and bpe runs): the text is over
-        self.stops = StopStrings(job.stop)
-        self.pending: deque[tuple[str, TokenInfo | None]] = deque()  # pieces the stop strings hold back
-        self.generated = 0
+        self.text = TextStream(tokenizer, job.stop, job.max_tokens)
+        self.infos: dict[int, TokenInfo] = {}  # by position, until the text of their token is shown
 
     def advance(self, token: int, info: TokenInfo | None) -> bool:
         """Take the next token and send what became safe to show; True when the choice is done."""
-        self.generated += 1
-        ended = token == self.end_id  # as TextGenerator.generate: the end token is counted, never shown
-        piece = "" if ended else self.text.feed(token)
-        if not ended:
-            self.pending.append((piece, info))
-        shown = self.stops.feed(piece)
-        done = ended or self.stops.stopped or self.generated >= self.job.max_tokens
-        if done and not self.stops.stopped:
-            shown += self.stops.feed(self.text.flush()) + self.stops.flush()
-        self._send(shown)
-        if done:
-            reason = "stop" if self.stops.stopped or ended else "length"
-            self.job.send(Finish(self.index, reason, self.generated))
-        return done
-
-    def _send(self, shown: str) -> None:
-        """Send `shown` with the tokens it is made of (those past a stop string are never sent)."""
-        tokens, remaining = [], len(shown)
-        while self.pending and len(self.pending[0][0]) <= remaining:
-            piece, info = self.pending.popleft()
-            remaining -= len(piece)
-            if info is not None:
-                tokens.append(info)
+        if info is not None:
+            self.infos[self.text.tokens] = info
+        shown = self.text.feed(token)
+        tokens = []
+        for position, offset in self.text.released:
+            if (released := self.infos.pop(position, None)) is not None:
+                released.offset = offset
+                tokens.append(released)
         if shown or tokens:
-            self.job.send(Piece(self.index, shown, tokens))
+            self.job.send(TextDelta(self.index, shown, tokens))
+        if self.text.reason:
+            self.job.send(Finish(self.index, self.text.reason, self.text.tokens))
+        return self.text.reason is not None
 
 
 class Engine:
-    """The batch and the thread that steps it. `submit` queues a job, `cancel` drops one."""
+    """The batch and the thread that steps it. `submit` queues a job, `cancel` drops one.
 
-    def __init__(self, run_folder, device="cpu", capacity: int = 64, max_queue: int = 256, log=None):
+    `capacity`: rows decoded together; `max_queue`: jobs that may wait for rows; `history`:
+    tokens each row keeps for the repetition penalty (the largest repetition_window served)."""
+
+    def __init__(self, run_folder, device="cpu", capacity: int = ServerSettings.max_batch,
+                 max_queue: int = ServerSettings.max_queue, history: int = ServerSettings.max_repetition_window, log=None):
         self.folder, self.device = Path(run_folder), torch.device(device)
-        self.capacity, self.max_queue = capacity, max_queue
+        self.capacity, self.max_queue, self.history = capacity, max_queue, history
         self.log = log or (lambda message: print(message, file=sys.stderr, flush=True))
         self.meta, self.model_config, _, self.tokenizer = load_config(self.folder)
         self.lock = threading.Condition()
@@ -113,11 +102,10 @@ class Engine:
     def submit(self, job: Job) -> None:
         with self.lock:
             if not self.ready:
-                raise ApiError(503, f"{self.folder} has no weights yet: training saves them at its first evaluation",
-                               code="model_not_ready", headers={"Retry-After": "5"})
+                raise Refused(f"{self.folder} has no weights yet: training saves them at its first evaluation",
+                              "model_not_ready", 5)
             if len(self.waiting) >= self.max_queue:
-                raise ApiError(503, f"the server is busy ({len(self.waiting)} requests waiting); retry later",
-                               code="queue_full", headers={"Retry-After": "1"})
+                raise Refused(f"the server is busy ({len(self.waiting)} requests waiting); retry later", "queue_full", 1)
             self.waiting.append(job)
             self.active += 1
             self.lock.notify()
@@ -138,23 +126,25 @@ class Engine:
                 try:
                     if not self.rows:  # between requests: a newer model.safetensors is picked up here
                         self._reload_if_newer()
-                    for job in self._admissible():
-                        self._admit(job)
+                    self._admit_waiting()
                     if self.rows:
                         self._step()
                 except Exception as error:  # a bug or a device failure: every client is told, the batch starts afresh
                     self.log(f"blu serve: generation failed: {type(error).__name__}: {error}")
                     self._fail_all(f"generation failed: {type(error).__name__}: {error}")
 
-    def _admissible(self) -> list[Job]:
-        """Waiting jobs that fit in the free rows, first come first served."""
-        taken, free = [], self.capacity - len(self.rows)
-        with self.lock:
-            while self.waiting and self.waiting[0].n <= free:
-                job = self.waiting.popleft()
-                free -= job.n
-                taken.append(job)
-        return taken
+    def _admit_waiting(self) -> None:
+        """Waiting jobs into the free rows, first come first served. A job leaves the queue only
+        once it has its rows, so that when its prefill fails (out of memory, say) it is still
+        found, with every other, by `_fail_all`."""
+        while True:
+            with self.lock:
+                if not self.waiting or self.waiting[0].n > self.capacity - len(self.rows):
+                    return
+                job = self.waiting[0]
+            self._admit(job)
+            with self.lock:
+                self.waiting.popleft()
 
     def _admit(self, job: Job) -> None:
         if job.cancelled or job.max_tokens == 0:
@@ -179,9 +169,7 @@ class Engine:
         logits, history = self.logits, self.batch.history
         wanted = any(choice.job.logprobs is not None for choice in self.rows)
         logprobs = torch.log_softmax(logits.float(), dim=-1) if wanted else None
-        if self.tokenizer.unk_id is not None:  # <unk> stands for no character: never generated
-            logits[:, self.tokenizer.unk_id] = float("-inf")
-        tokens = self._sample(logits, history).tolist()  # one device sync for the whole batch
+        tokens = self._sample(forbid(logits, self.tokenizer.unk_id), history).tolist()  # one device sync for the whole batch
         done = [row for row, (choice, token) in enumerate(zip(self.rows, tokens))
                 if choice.advance(token, self._token_info(logprobs[row], token, choice.job.logprobs)
                                   if choice.job.logprobs is not None else None)]
@@ -205,15 +193,16 @@ class Engine:
         return tokens
 
     def _token_info(self, logprobs: torch.Tensor, token: int, alternatives: int) -> TokenInfo:
-        decode = self.tokenizer.decode
         top = []
         if alternatives:
-            candidates = logprobs.clone()
-            if self.tokenizer.unk_id is not None:
-                candidates[self.tokenizer.unk_id] = float("-inf")
+            candidates = forbid(logprobs.clone()[None], self.tokenizer.unk_id)[0]
             values, ids = candidates.topk(min(alternatives, candidates.shape[0]))
-            top = [(decode([i]), v) for i, v in zip(ids.tolist(), values.tolist())]
-        return TokenInfo(decode([token]), float(logprobs[token]), top)
+            top = [self._candidate(i, v) for i, v in zip(ids.tolist(), values.tolist())]
+        return TokenInfo(self._candidate(token, float(logprobs[token])), top)
+
+    def _candidate(self, token: int, logprob: float) -> Candidate:
+        raw = self.tokenizer.token_bytes[token]
+        return Candidate(raw.decode("utf-8", errors="replace"), raw, logprob)
 
     def _remove(self, row: int, tokens: list | None = None) -> None:
         """Drop a row as DecodeBatch.remove does (the last row moves into its place), mirrored in
@@ -245,7 +234,7 @@ class Engine:
             job.send(Failure(message))
         self.rows, self.logits = [], None
         if self.batch is not None:
-            self.batch = DecodeBatch(self.batch.decoder, self.capacity, HISTORY)
+            self.batch = DecodeBatch(self.batch.decoder, self.capacity, self.history)
 
     def _reload_if_newer(self) -> None:
         """Load model.safetensors when it is newer than the weights in use (training saves the
@@ -267,7 +256,7 @@ class Engine:
             self.log(f"blu serve: could not load newer weights ({error}); keeping the current ones")
             self._checked = now
             return
-        batch = DecodeBatch(Decoder(model), self.capacity, HISTORY)
+        batch = DecodeBatch(Decoder(model), self.capacity, self.history)
         with self.lock:
             if self.batch is not None:
                 self.reloads += 1

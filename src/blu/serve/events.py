@@ -1,23 +1,32 @@
-"""What passes between the engine thread and the requests: a `Job` in, its events out."""
+"""What passes between the API and the engine: a `Job` in; `TextDelta`, `Finish` and `Failure`
+events out; `Refused` when the engine cannot take a job. The only module both sides import."""
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from ..config import SamplingOptions
 
 
+class Candidate(NamedTuple):
+    """A token and the model's log-probability of it."""
+
+    text: str  # its bytes as text (U+FFFD where it holds part of a character)
+    bytes: bytes  # its own bytes (tokenizer.token_bytes): joined, a text's tokens give the text's bytes
+    logprob: float
+
+
 @dataclass
 class TokenInfo:
-    """A generated token's text and the model's own log-probability of it (before temperature and
-    truncation, as vLLM reports them), with the likeliest alternatives when they were asked for."""
+    """A generated token with the model's own log-probability of it (before temperature and
+    truncation, as vLLM reports them), and the likeliest alternatives when they were asked for."""
 
-    text: str
-    logprob: float
-    top: list[tuple[str, float]]
+    chosen: Candidate
+    top: list[Candidate]
+    offset: int = 0  # where its text begins in the choice's text (filled in when the text is shown)
 
 
 @dataclass
-class Piece:
+class TextDelta:
     index: int  # which choice
     text: str  # text now safe to show (never part of a stop string)
     tokens: list[TokenInfo]  # the tokens of that text, when log-probabilities were asked for
@@ -26,13 +35,22 @@ class Piece:
 @dataclass
 class Finish:
     index: int
-    reason: str  # "stop" (a stop string) or "length" (max_tokens)
+    reason: str  # "stop" (a stop string or the end-of-text token) or "length" (max_tokens)
     completion_tokens: int  # tokens generated, those of a stop string included
 
 
 @dataclass
 class Failure:
     message: str  # the engine failed; the job is over
+
+
+class Refused(Exception):
+    """The engine cannot take a job now (no weights yet, or the queue is full): try again in
+    `retry_after_s` seconds."""
+
+    def __init__(self, message: str, code: str, retry_after_s: int):
+        super().__init__(message)
+        self.code, self.retry_after_s = code, retry_after_s
 
 
 @dataclass
@@ -46,6 +64,6 @@ class Job:
     seed: int | None  # choice i draws from a generator seeded with seed + i
     stop: list[str]
     logprobs: int | None  # alternatives per token (0: only the chosen token's); None: none
-    send: Callable[[object], None] = print  # receives Piece, Finish and Failure events, from the engine thread
+    send: Callable[[object], None] = print  # receives the events, from the engine thread: must be thread-safe
     cancelled: bool = False  # set when the client has gone: its rows leave before the next step
     rows_left: int = field(default=0, repr=False)

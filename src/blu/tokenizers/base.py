@@ -1,9 +1,11 @@
 """The interface every tokenizer has, and the stream decoder that generation reads text from.
 
 Every tokenizer turns text into ids and back, encodes a whole corpus into a numpy array,
-decodes a stream of ids incrementally (a character may span tokens), says how many bytes of
-text each token of an encoded text stands for (for bits per byte), and which ids generation
-must never emit or stops at. The kinds are in char.py and bytelevel.py; __init__.py picks one
+decodes a stream of ids incrementally (a character may span tokens), gives the bytes each id
+stands for (a token of a byte-level kind may hold part of a character: log-probabilities
+report its own bytes, not the U+FFFD its text alone decodes to), says how many bytes of text
+each token of an encoded text stands for (for bits per byte), and which ids generation must
+never emit or stops at. The kinds are in char.py and bytelevel.py; __init__.py picks one
 by what tokenizer.json holds.
 """
 
@@ -19,6 +21,9 @@ class Tokenizer(ABC):
     vocab_size: int
     unk_id: int | None = None  # stands for unknown text; never generated, dropped from prompts
     end_id: int | None = None  # the end-of-text token after each document; generation stops at it
+    # The UTF-8 bytes each id stands for, indexed by id: b"" for <unk> and end-of-text, which stand
+    # for no text; one byte of a character for a byte token. Every kind fills it when it is made.
+    token_bytes: list[bytes]
 
     @abstractmethod
     def encode(self, text: str) -> list[int]:

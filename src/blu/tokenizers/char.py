@@ -27,6 +27,8 @@ class CharTokenizer(Tokenizer):
             raise BluError("tokenizer vocabulary must be distinct single characters")
         self.chars = sorted(chars)
         self.stoi = {c: i + 1 for i, c in enumerate(self.chars)}
+        # surrogatepass: a tokenizer.json may hold a lone surrogate, which still has bytes to report
+        self.token_bytes = [b""] + [c.encode("utf-8", "surrogatepass") for c in self.chars]
         # Sorted code points let numpy encode a whole corpus without a Python loop.
         self._codepoints = np.array([ord(c) for c in self.chars], dtype=np.uint32)
 

@@ -1,4 +1,5 @@
-"""Request bodies of /v1/completions and /v1/chat/completions, read strictly into a `Call`.
+"""Requests: the bodies of /v1/completions and /v1/chat/completions read strictly into a `Call`,
+the engine's `Job` and how to answer it.
 
 Every value is checked before anything is sent back, so that a bad one is a 400 in OpenAI's
 error shape and never a failure inside a stream (llama.cpp #14566). The sampling values go
@@ -11,7 +12,6 @@ import math
 from ..config import SamplingOptions
 from ..errors import BluError
 from .chat import ChatTemplate
-from .engine import HISTORY
 from .errors import ApiError
 from .events import Job
 from .settings import ServerSettings
@@ -70,14 +70,15 @@ def boolean(body: dict, name: str, default: bool = False) -> bool:
     return value
 
 
-def sampling_options(body: dict) -> SamplingOptions:
+def sampling_options(body: dict, settings: ServerSettings) -> SamplingOptions:
     """temperature and top_p (OpenAI's), top_k, min_p, repetition_penalty and repetition_window
     (blu's, sent by the openai client as extra_body), checked as `blu generate` checks them."""
     options = SamplingOptions(
         temperature=number(body, "temperature", 1.0), top_p=number(body, "top_p", 1.0),
         top_k=integer(body, "top_k", 0, -(1 << 31), 1 << 31), min_p=number(body, "min_p", 0.0),
         repetition_penalty=number(body, "repetition_penalty", 1.0),
-        repetition_window=integer(body, "repetition_window", SamplingOptions.repetition_window, -(1 << 31), HISTORY))
+        repetition_window=integer(body, "repetition_window", SamplingOptions.repetition_window, -(1 << 31),
+                                  settings.max_repetition_window))
     try:
         options.validate()
     except BluError as error:
@@ -125,7 +126,8 @@ def job_for(body: dict, ids: list[int], tokenizer, settings: ServerSettings, max
             logprobs: int | None) -> Job:
     n_cap = min(settings.max_n, settings.max_batch)
     return Job(prompt_ids=ids or tokenizer.start_ids(), n=integer(body, "n", 1, 1, n_cap), max_tokens=max_tokens,
-               options=sampling_options(body), seed=integer(body, "seed", None, *SEED_RANGE), stop=stop, logprobs=logprobs)
+               options=sampling_options(body, settings), seed=integer(body, "seed", None, *SEED_RANGE), stop=stop,
+               logprobs=logprobs)
 
 
 def stream_flags(body: dict) -> tuple[bool, bool]:
