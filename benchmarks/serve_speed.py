@@ -26,6 +26,7 @@ import torch
 
 import blu
 from blu.checkpoint import save_model
+from blu.config import Budget, TextSettings
 from blu.model import Transformer
 from blu.runs import create_run
 
@@ -35,7 +36,8 @@ CONTROLS = dict(temperature=0.8, top_p=0.9)
 
 
 def random_seed_run(folder: Path) -> Path:
-    run = create_run(folder / "seed-random", SHAKESPEARE, preset="seed", iters=1, device="cpu")
+    run = create_run(folder / "seed-random", TextSettings(data=str(SHAKESPEARE)), preset="seed", budget=Budget(iters=1),
+                     device="cpu")
     torch.manual_seed(0)
     save_model(run.folder / "model.safetensors", Transformer(run.model_config))
     return run.folder

@@ -6,8 +6,11 @@ from pathlib import Path
 import subprocess
 import sys
 
+from conftest import TINY_MODEL_FLAGS
 import pytest
 import torch
+
+from blu.metrics import MetricsLog
 
 
 @pytest.fixture
@@ -103,6 +106,51 @@ def test_export_loads_in_transformers_with_the_same_greedy_text(trained, tmp_pat
     assert ours == prompt + theirs + "\n"
 
 
+def test_export_refuses_an_existing_output_unless_forced(trained, tmp_path, cli):
+    """`blu export` once overwrote an existing output without a word, where `blu train` refuses a
+    used folder: one policy, a one-line error unless --force."""
+    for fmt, out in (("hf", tmp_path / "hf"), ("gguf", tmp_path / "model.gguf")):
+        assert cli("export", "--run", trained, "--format", fmt, "--out", out)[0] == 0
+        before = sorted((p.name, p.stat().st_mtime_ns) for p in ([out] if out.is_file() else out.iterdir()))
+        one_line_error(cli, "export", "--run", trained, "--format", fmt, "--out", out,
+                       match=f"{out} already exists: add --force to replace it")
+        assert sorted((p.name, p.stat().st_mtime_ns) for p in ([out] if out.is_file() else out.iterdir())) == before
+        assert cli("export", "--run", trained, "--format", fmt, "--out", out, "--force")[0] == 0
+    (tmp_path / "empty").mkdir()
+    assert cli("export", "--run", trained, "--out", tmp_path / "empty")[0] == 0  # an empty folder holds nothing to lose
+
+
+def test_a_byte_run_has_no_per_character_figures_and_counts_validation_tokens_as_eval_does(tmp_path, small_corpus, cli):
+    """Bits per token were reported as val_bpc and "(N bits)" for byte and bpe runs, where they are
+    not per character; and the training header counted one validation token more than `blu eval`
+    (which counts the tokens it predicts, every one after the first)."""
+    run = tmp_path / "byte"
+    code, _, err = cli("train", "--data", small_corpus, "--out", run, "--iters", 2, "--tokenizer", "byte", *TINY_MODEL_FLAGS)
+    assert code == 0, err
+    code, out, _ = cli("eval", "--run", run, "--json")
+    result = json.loads(out)
+    assert code == 0 and "val_bpc" not in result
+    assert f" / {result['tokens']:,} validation tokens" in err
+    evaluations = [r for r in MetricsLog(run).rows() if "val_loss" in r]
+    assert evaluations and all("val_bpb" in r and "val_bpc" not in r for r in evaluations)
+    assert " nats/token after 2 steps" in err.splitlines()[-1] and "bits" not in err.splitlines()[-1]
+
+
+def test_prepare_lists_what_the_cache_holds(tmp_path, small_corpus, cli, monkeypatch):
+    """`blu prepare --list` prints one line per tokenized corpus (size, tokens, tokenizer, corpus,
+    folder) on stdout and a count on stderr, before and after `blu prepare`."""
+    monkeypatch.setenv("BLU_CACHE", str(tmp_path / "cache"))
+    code, out, err = cli("prepare", "--list")
+    assert code == 0 and out == "" and err.startswith(f"0 tokenized corpora in {tmp_path / 'cache' / 'tokens'}")
+    code, _, err = cli("prepare", "--data", small_corpus, "--tokenizer", "char")
+    assert code == 0 and "54,000 training and 5,999 validation tokens (char 60)" in err, err
+    folder = err.split(" in ")[-1].strip()
+    code, out, err = cli("prepare", "--list")
+    assert code == 0 and err.startswith("1 tokenized corpora in")
+    (line,) = out.splitlines()
+    assert "60,000 tokens" in line and "char 60" in line and "small.txt" in line and line.endswith(folder)
+
+
 def test_resume_continues_a_run(trained, cli):
     code, _, err = cli("train", "--out", trained, "--resume", "--iters", 30)
     assert code == 0 and "resuming" in err
@@ -115,7 +163,7 @@ def test_default_data_is_tiny_shakespeare_from_the_cache(blu_cache, tmp_path, cl
     code, _, err = cli("train", "--iters", 2, *tiny_flags)
     assert code == 0, err
     assert (tmp_path / "runs" / "tinyshakespeare" / "model.safetensors").exists()
-    assert "1,003,855 train / 111,539 validation" in err
+    assert "1,003,855 train / 111,538 validation" in err  # 111,539 validation characters: 111,538 predicted
 
 
 def one_line_error(cli, *args, match):

@@ -1,6 +1,7 @@
 import pytest
 
-from blu.config import PRESETS, ModelConfig, TrainConfig, configs_for, from_dict, parse_duration, to_dict
+from blu.cli.parser import parse_duration
+from blu.config import PRESETS, Budget, ModelConfig, TrainConfig, configs_for, from_dict, to_dict
 from blu.errors import BluError
 
 
@@ -44,7 +45,7 @@ def test_impossible_training_settings_are_refused(change):
 
 def test_long_time_budgets_get_the_presets_long_budget_values_unless_the_user_set_them():
     def dropout(time_s=None, iters=None, **overrides):
-        return configs_for("cpu", overrides, 66, iters=iters, time_s=time_s)[0].dropout
+        return configs_for("cpu", overrides, 66, Budget(iters, time_s))[0].dropout
 
     assert dropout(time_s=150) == 0.0
     assert dropout(time_s=300) == dropout(time_s=600) == 0.1

@@ -4,13 +4,15 @@ end-of-text after each document, and a run that refuses a corpus changed under i
 import gzip
 import json
 
+from conftest import read_documents, split_documents
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from blu.data.sources import Source, read_documents
-from blu.data.split import Corpus, split_documents
+from blu.config import Budget, TextSettings
+from blu.data.sources import Source
+from blu.data.split import Corpus
 from blu.errors import BluError
 from blu.runs import create_run, resume_run
 
@@ -83,8 +85,8 @@ def test_the_split_by_document_does_not_move_when_documents_are_added(shakespear
 
 
 def test_a_bpe_run_on_a_folder_ends_each_document_and_refuses_a_changed_corpus(folder, tmp_path):
-    run = create_run(tmp_path / "run", folder, preset="cpu", iters=2, tokenizer="bpe", vocab_size=300, device="cpu",
-                     overrides=dict(dim=32, n_layer=1, n_head=2, context=32))
+    run = create_run(tmp_path / "run", TextSettings(data=str(folder), tokenizer="bpe", vocab_size=300), preset="cpu",
+                     overrides=dict(dim=32, n_layer=1, n_head=2, context=32), budget=Budget(iters=2), device="cpu")
     train, validation = split_documents(read_documents(folder), 0.1, run.train_config.seed)
     end = run.tokenizer.end_id
     assert int(np.sum(run.train_tokens.read() == end)) == len(train)  # one end-of-text after each training document
@@ -103,8 +105,9 @@ def test_a_bpe_run_on_a_folder_ends_each_document_and_refuses_a_changed_corpus(f
 def test_explicit_validation_data(folder, tmp_path, shakespeare):
     held_out = tmp_path / "held_out.txt"
     held_out.write_text(shakespeare.read_text(encoding="utf-8")[-5_000:], encoding="utf-8")
-    run = create_run(tmp_path / "run", folder, preset="cpu", iters=2, device="cpu", val_data=held_out, tokenizer="char",
-                     overrides=dict(dim=32, n_layer=1, n_head=2, context=32))
+    run = create_run(tmp_path / "run", TextSettings(data=str(folder), val_data=str(held_out), tokenizer="char"),
+                     preset="cpu", overrides=dict(dim=32, n_layer=1, n_head=2, context=32), budget=Budget(iters=2),
+                     device="cpu")
     assert len(run.val_tokens) == 5_000  # char: the whole held-out file, one token per character
     assert len(run.train_tokens) == sum(len(d) for d in read_documents(folder))
     assert resume_run(tmp_path / "run").val_tokens.tolist() == run.val_tokens.tolist()

@@ -1,3 +1,5 @@
+import time
+
 import numpy as np
 import pytest
 
@@ -23,13 +25,26 @@ def test_sampler_reaches_the_last_token():
 
 
 def test_split_is_90_10_by_position():
-    train, val = data.split(np.arange(1000), context=16)
-    assert len(train) == 900 and len(val) == 100 and train[-1] + 1 == val[0]
+    """The final tenth of a text is for validation, the rest for training: a moved cut changes every score."""
+    assert data.split_point(1000, 16, "the corpus", 0.1) == 900
+    assert data.split_point(100_000_000, 16, "the corpus", 0.5) == 100_000_000 - 4_000_000  # validation capped
 
 
-def test_too_short_is_refused():
-    with pytest.raises(BluError, match="too short"):
-        data.split(np.arange(100), context=128)
+def test_too_short_is_refused_with_the_least_length_that_fits():
+    """A text too short for the context is refused, naming the shortest that fits (found by a
+    search checked here against counting one length at a time)."""
+    for n, context, fraction in [(100, 128, 0.1), (10, 4, 0.1), (50, 40, 0.3), (3, 1, 0.5)]:
+        need = next(m for m in range(context + 1, 10_000) if 2 <= int(m * fraction) and m - int(m * fraction) > context)
+        with pytest.raises(BluError, match=f"is too short: {n} characters; a context of {context} needs at least {need} "):
+            data.split_point(n, context, "the corpus", fraction)
+
+
+def test_a_tiny_val_fraction_is_refused_at_once():
+    """--val-fraction 1e-9 once searched a billion lengths one at a time, minutes without a word."""
+    start = time.perf_counter()
+    with pytest.raises(BluError, match="needs at least 2000000000 "):
+        data.split_point(60_000, 64, "the corpus", 1e-9)
+    assert time.perf_counter() - start < 1
 
 
 @pytest.mark.parametrize("content,message", [

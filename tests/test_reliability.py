@@ -15,7 +15,8 @@ import pytest
 from safetensors.torch import load_file
 import torch
 
-from blu.config import SamplingOptions, parse_duration
+from blu.cli.parser import parse_duration
+from blu.config import SamplingOptions
 from blu.data import text as data
 from blu.errors import BluError
 from blu.files import atomic_write
@@ -216,14 +217,26 @@ def test_fuzz_sampling_parameters(temperature, top_k, top_p, min_p, penalty):
     assert token.shape == (2,) and ((0 <= token) & (token < 10)).all()
 
 
-def test_first_ctrl_c_asks_to_stop_and_the_second_interrupts():
-    from blu.train import StopRequest
+def test_ctrl_c_asks_to_stop_then_to_skip_the_evaluation_then_interrupts():
+    """The first Ctrl-C asks to stop (and says so at once), the second to skip the final evaluation
+    (ending one that is running at once), the third interrupts; under torchrun the second does.
+    Guards against a silent Ctrl-C, a second that cannot skip, and handlers left installed."""
+    from blu.distributed import SkipEvaluation, StopRequest
 
     before = signal.getsignal(signal.SIGINT)  # Python's default, or SIG_IGN in a background job of a script
-    stop = StopRequest()
+    said = []
+    stop = StopRequest(said.append)
     with stop.installed():
         os.kill(os.getpid(), signal.SIGINT)
-        assert stop.requested
+        assert stop.requested and not stop.skip_evaluation and said == [1]
+        with pytest.raises(SkipEvaluation), stop.skippable():
+            os.kill(os.getpid(), signal.SIGINT)
+        assert stop.skip_evaluation and said == [1, 2]
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
     assert signal.getsignal(signal.SIGINT) is before  # restored afterwards
+    shared = StopRequest(can_skip=False)
+    with shared.installed():
+        os.kill(os.getpid(), signal.SIGINT)
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 
+from conftest import read_documents, split_documents
 from hypothesis import given, settings
 from hypothesis import strategies as st
 import numpy as np
@@ -20,8 +21,8 @@ import pytest
 
 from blu.data.batches import TokenShards
 from blu.data.cache import CorpusCache, list_cache
-from blu.data.sources import Source, pieces_of, read_documents
-from blu.data.split import Corpus, split_documents
+from blu.data.sources import Source, pieces_of
+from blu.data.split import Corpus
 from blu.errors import BluError
 from blu.tokenizers import build_tokenizer
 

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 import shutil
 
+from conftest import TINY_MODEL_FLAGS
 import pytest
 import torch
 
@@ -127,8 +128,8 @@ def test_export_to_transformers_encodes_decodes_and_continues_as_blu(runs, tmp_p
 
 def test_tokenizer_from_another_run_is_reused(runs, tmp_path, cli, small_corpus, tiny_flags):
     out = tmp_path / "again"
-    model_flags = tiny_flags[tiny_flags.index("--tokenizer") + 2 :]  # no --tokenizer beside --tokenizer-from
-    code, _, err = cli("train", "--data", small_corpus, "--out", out, "--iters", 2, *model_flags, "--tokenizer-from", runs["bpe"])
+    code, _, err = cli("train", "--data", small_corpus, "--out", out, "--iters", 2, *TINY_MODEL_FLAGS,  # no --tokenizer
+                       "--tokenizer-from", runs["bpe"])
     assert code == 0, err
     assert (out / "tokenizer.json").read_text() == (runs["bpe"] / "tokenizer.json").read_text()
     code, _, err = cli("train", "--data", small_corpus, "--out", tmp_path / "x", "--iters", 2, "--tokenizer-from",
