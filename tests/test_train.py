@@ -30,6 +30,9 @@ def quiet(message):
 
 
 def test_short_run_on_tiny_shakespeare_learns_and_fills_the_run_folder(tmp_path, shakespeare, make_run):
+    """A short run learns (well below the initial ln-vocabulary loss), logs train and validation rows
+    with per-character figures for char, plots, samples, and its saved weights score what training
+    measured."""
     run = make_run(tmp_path / "run", shakespeare, iters=80, eval_every=40)
     initial = evaluate(new_model(run.model_config, run.train_config.seed), run.val_tokens).loss
     state, interrupted = train(run, CPU, log=quiet)
@@ -156,6 +159,8 @@ def test_compiled_training_matches_eager(tmp_path, small_corpus, make_run, dropo
 
 
 def test_training_goes_on_without_compile_where_it_cannot_work(tmp_path, small_corpus, make_run, monkeypatch):
+    """Where torch.compile cannot work (no C++ compiler), training says so once and trains without it
+    instead of failing."""
     def broken_compile(model):
         def fails(*args, **kwargs):
             raise RuntimeError("no C++ compiler found")
