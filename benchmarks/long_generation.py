@@ -14,7 +14,8 @@ import re
 from common import save, table
 
 import blu
-from blu.data.text import load_text, split
+from blu.config import VAL_FRACTION
+from blu.data.text import load_text, split_point
 from blu.evaluate import stream_eval
 
 WORD = re.compile(r"[A-Za-z']+")
@@ -36,7 +37,9 @@ def main():
 
     run = blu.load(args.run)
     text, _ = load_text(run.meta["data"]["path"], run.meta["data"]["sha256"])
-    train_tokens, val_tokens = split(run.tokenizer.encode_array(text)[0], run.model.config.context)
+    tokens = run.tokenizer.encode_array(text)[0]
+    cut = split_point(len(tokens), run.model.config.context, "the corpus", VAL_FRACTION)
+    train_tokens, val_tokens = tokens[:cut], tokens[cut:]
     train_text = text[: len(train_tokens)]
     vocabulary = {w.strip("'").lower() for w in WORD.findall(train_text)}
     rows = []

@@ -27,7 +27,7 @@ import torch
 
 import blu
 from blu.checkpoint import save_model
-from blu.config import SamplingOptions
+from blu.config import Budget, SamplingOptions, TextSettings
 from blu.generate import stream_tokens
 from blu.model import Transformer
 from blu.runs import create_run
@@ -44,8 +44,8 @@ SMOKE_MODEL = dict(dim=32, n_layer=2, n_head=4, n_kv_head=4, hidden_dim=64, cont
 
 def random_run(folder: Path, smoke: bool) -> Path:
     overrides = SMOKE_MODEL if smoke else None
-    run = create_run(folder / "random", SHAKESPEARE, preset="seed", overrides=overrides, iters=1, device="cpu",
-                     tokenizer="char", log=lambda message: None)
+    run = create_run(folder / "random", TextSettings(data=str(SHAKESPEARE), tokenizer="char"), preset="seed",
+                     overrides=overrides, budget=Budget(iters=1), device="cpu", log=lambda message: None)
     torch.manual_seed(0)
     save_model(run.folder / "model.safetensors", Transformer(run.model_config))
     return run.folder

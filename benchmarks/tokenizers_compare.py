@@ -15,7 +15,8 @@ import time
 from budget_loss import run_budget
 from common import save, table
 
-from blu.data.text import default_corpus_path, read_corpus, split
+from blu.config import VAL_FRACTION
+from blu.data.text import default_corpus_path, read_corpus, split_point
 from blu.tokenizers import build_tokenizer
 
 
@@ -26,7 +27,8 @@ def main():
     parser.add_argument("--bpe-sizes", type=int, nargs="+", default=[512, 1024, 2048, 4096])
     args = parser.parse_args()
     text = read_corpus(default_corpus_path())
-    train_text, val_text = split(text, 1)
+    cut = split_point(len(text), 1, "tiny Shakespeare", VAL_FRACTION)
+    train_text, val_text = text[:cut], text[cut:]
     kinds = {"char": ["--tokenizer", "char"], "byte": ["--tokenizer", "byte"],
              **{f"bpe {n}": ["--tokenizer", "bpe", "--vocab-size", str(n)] for n in args.bpe_sizes}}
     rows = {}

@@ -1,4 +1,5 @@
-"""Shared fixtures: the tiny Shakespeare corpus (never downloaded) and small corpora."""
+"""Shared fixtures and helpers: the tiny Shakespeare corpus (never downloaded), small corpora,
+tiny models and runs, and corpora read whole in memory to check what the streamed pipeline did."""
 
 import os
 from pathlib import Path
@@ -39,12 +40,22 @@ def blu_cache(tmp_path, monkeypatch, shakespeare) -> Path:
     return cache
 
 
+SMALL_CORPUS_CHARS = 60_000
+# `blu train` flags for a model that trains in seconds, without the tokenizer (tiny_flags adds char).
+TINY_MODEL_FLAGS = ("--dim", "32", "--n-layer", "2", "--n-head", "4", "--hidden-dim", "64", "--context", "64",
+                    "--batch-size", "8", "--eval-every", "10", "--lr", "3e-3")
+
+
+def first_chars(shakespeare: Path, path: Path, chars: int = SMALL_CORPUS_CHARS) -> Path:
+    """`path`, written with the first `chars` characters of tiny Shakespeare: a corpus for quick runs."""
+    path.write_text(shakespeare.read_text(encoding="utf-8")[:chars], encoding="utf-8")
+    return path
+
+
 @pytest.fixture
 def small_corpus(tmp_path, shakespeare) -> Path:
     """The first 60,000 characters of tiny Shakespeare, for quick training runs."""
-    path = tmp_path / "small.txt"
-    path.write_text(shakespeare.read_text(encoding="utf-8")[:60_000], encoding="utf-8")
-    return path
+    return first_chars(shakespeare, tmp_path / "small.txt")
 
 
 @pytest.fixture(scope="session")
@@ -77,9 +88,8 @@ def cli(capfd):
 
 @pytest.fixture(scope="session")
 def tiny_flags() -> list[str]:
-    """`blu train` flags for a model that trains in seconds."""
-    return ["--tokenizer", "char", "--dim", "32", "--n-layer", "2", "--n-head", "4", "--hidden-dim", "64", "--context", "64",
-            "--batch-size", "8", "--eval-every", "10", "--lr", "3e-3"]
+    """`blu train` flags for a char model that trains in seconds."""
+    return ["--tokenizer", "char", *TINY_MODEL_FLAGS]
 
 
 @pytest.fixture(scope="session")
@@ -88,16 +98,16 @@ def make_run():
     train` does: the cpu preset with a tiny model and the char tokenizer, 60 steps, frequent
     evaluations and logs, and `changes` on top (ModelConfig or TrainConfig fields; iters and
     time_s set the budget; tokenizer another kind)."""
+    from blu.config import Budget, TextSettings
     from blu.runs import create_run
 
     def make(folder, corpus, **changes):
         settings = {**dict(dim=48, n_layer=2, n_head=4, n_kv_head=2, hidden_dim=128, context=32, batch_size=16, lr=3e-3,
                            warmup_iters=10, eval_every=20, log_every=5, sample_chars=20), **changes}
         time_s = settings.pop("time_s", None)
-        iters = settings.pop("iters", None if time_s else 60)
-        tokenizer = settings.pop("tokenizer", "char")
-        return create_run(folder, corpus, preset="cpu", overrides=settings, iters=iters, time_s=time_s, device="cpu",
-                          tokenizer=tokenizer)
+        budget = Budget(settings.pop("iters", None if time_s else 60), time_s)
+        text = TextSettings(data=str(corpus), tokenizer=settings.pop("tokenizer", "char"))
+        return create_run(folder, text, preset="cpu", overrides=settings, budget=budget, device="cpu")
 
     return make
 
@@ -109,3 +119,27 @@ def served_run(tmp_path_factory, shakespeare) -> Path:
 
     folder = tmp_path_factory.mktemp("served")
     return train_tiny(corpus(folder, shakespeare), folder / "shakes")
+
+
+def read_documents(path, ext=None, text_field: str = "text") -> list[str]:
+    """Every document below `path`, whole, in order, all in memory: what the streamed reading must give."""
+    from blu.data.sources import Source
+
+    source, documents, current = Source(Path(path), ext, text_field), [], []
+    for file in source.files:
+        for piece, last in source.read(file):
+            current.append(piece)
+            if last:
+                documents.append("".join(current))
+                current = []
+    return documents
+
+
+def split_documents(documents: list[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """Training and validation documents of a list in memory, by the rule Corpus.scan applies
+    while streaming (each document's seeded hash, then choose_validation)."""
+    from blu.data.split import _score, _score_hash, choose_validation
+
+    scores = [_score(_score_hash(seed, d)) for d in documents]
+    kept = set(choose_validation(scores, [len(d) for d in documents], fraction))
+    return [d for i, d in enumerate(documents) if i not in kept], [d for i, d in enumerate(documents) if i in kept]

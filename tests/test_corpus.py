@@ -4,13 +4,15 @@ end-of-text after each document, and a run that refuses a corpus changed under i
 import gzip
 import json
 
+from conftest import read_documents, split_documents
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from blu.data.sources import Source, read_documents
-from blu.data.split import Corpus, split_documents
+from blu.config import Budget, TextSettings
+from blu.data.sources import Source
+from blu.data.split import Corpus
 from blu.errors import BluError
 from blu.runs import create_run, resume_run
 
@@ -35,6 +37,8 @@ def folder(tmp_path, shakespeare):
 
 
 def test_a_folder_is_every_file_below_it_in_sorted_order(folder):
+    """A folder is every file below it in sorted order, hidden ones left out, --ext filtering, an empty
+    file no document."""
     names = [f["path"] for f in Source(folder).manifest()]
     assert names == sorted(names) and "sub/play01.txt" in names and ".git/index" not in names
     assert "empty.txt" in names and len(read_documents(folder)) == 13  # 12 plays and the notes; the empty file is no document
@@ -42,6 +46,8 @@ def test_a_folder_is_every_file_below_it_in_sorted_order(folder):
 
 
 def test_a_bad_file_is_named_with_the_reason_or_skipped_and_listed(folder):
+    """A non-UTF-8 file in a folder is named with the offset of its bad byte; with --skip-bad-files it
+    is left out and listed."""
     (folder / "sub" / "latin1.txt").write_bytes("café".encode("latin-1"))
     with pytest.raises(BluError, match=r"sub/latin1.txt is not UTF-8: invalid byte 0xe9 at offset 3.*--skip-bad-files"):
         Corpus(Source(folder), None, 0.1, 0).scan()
@@ -51,6 +57,8 @@ def test_a_bad_file_is_named_with_the_reason_or_skipped_and_listed(folder):
 
 
 def test_jsonl_parquet_and_gzip_give_the_same_documents(tmp_path, shakespeare):
+    """JSONL, gzip of it, Parquet (over several row groups) and a gzip text give the same documents,
+    and a missing field or column is named."""
     documents = plays(shakespeare, 30)
     lines = "".join(json.dumps({"id": i, "text": d}) + "\n" for i, d in enumerate(documents))
     (tmp_path / "docs.jsonl").write_text(lines + "\n", encoding="utf-8")  # a blank line is no document
@@ -72,6 +80,8 @@ def test_jsonl_parquet_and_gzip_give_the_same_documents(tmp_path, shakespeare):
 
 
 def test_the_split_by_document_does_not_move_when_documents_are_added(shakespeare):
+    """The document split is fixed by each document's seeded hash: adding documents never moves one,
+    the seed chooses, and both sides get at least one."""
     documents = plays(shakespeare, 200)
     train, validation = split_documents(documents[:100], 0.1, seed=7)
     more_train, more_validation = split_documents(documents, 0.1, seed=7)
@@ -83,8 +93,10 @@ def test_the_split_by_document_does_not_move_when_documents_are_added(shakespear
 
 
 def test_a_bpe_run_on_a_folder_ends_each_document_and_refuses_a_changed_corpus(folder, tmp_path):
-    run = create_run(tmp_path / "run", folder, preset="cpu", iters=2, tokenizer="bpe", vocab_size=300, device="cpu",
-                     overrides=dict(dim=32, n_layer=1, n_head=2, context=32))
+    """A bpe run on a folder puts one end-of-text after each document, scores validation bytes exactly,
+    resumes on the same tokens, and refuses the corpus once a file changed."""
+    run = create_run(tmp_path / "run", TextSettings(data=str(folder), tokenizer="bpe", vocab_size=300), preset="cpu",
+                     overrides=dict(dim=32, n_layer=1, n_head=2, context=32), budget=Budget(iters=2), device="cpu")
     train, validation = split_documents(read_documents(folder), 0.1, run.train_config.seed)
     end = run.tokenizer.end_id
     assert int(np.sum(run.train_tokens.read() == end)) == len(train)  # one end-of-text after each training document
@@ -101,10 +113,12 @@ def test_a_bpe_run_on_a_folder_ends_each_document_and_refuses_a_changed_corpus(f
 
 
 def test_explicit_validation_data(folder, tmp_path, shakespeare):
+    """--val-data validates on all of that file and trains on all of --data, the same after a resume."""
     held_out = tmp_path / "held_out.txt"
     held_out.write_text(shakespeare.read_text(encoding="utf-8")[-5_000:], encoding="utf-8")
-    run = create_run(tmp_path / "run", folder, preset="cpu", iters=2, device="cpu", val_data=held_out, tokenizer="char",
-                     overrides=dict(dim=32, n_layer=1, n_head=2, context=32))
+    run = create_run(tmp_path / "run", TextSettings(data=str(folder), val_data=str(held_out), tokenizer="char"),
+                     preset="cpu", overrides=dict(dim=32, n_layer=1, n_head=2, context=32), budget=Budget(iters=2),
+                     device="cpu")
     assert len(run.val_tokens) == 5_000  # char: the whole held-out file, one token per character
     assert len(run.train_tokens) == sum(len(d) for d in read_documents(folder))
     assert resume_run(tmp_path / "run").val_tokens.tolist() == run.val_tokens.tolist()

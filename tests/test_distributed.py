@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 
+from conftest import first_chars
 import pytest
 from safetensors import safe_open
 from safetensors.torch import load_file
@@ -104,9 +105,8 @@ def assert_same_state(a: Path, b: Path) -> None:
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory, shakespeare) -> Path:
-    path = tmp_path_factory.mktemp("corpus") / "small.txt"
-    path.write_text(shakespeare.read_text(encoding="utf-8")[:60_000], encoding="utf-8")
-    return path
+    """The small corpus, once for the module's runs."""
+    return first_chars(shakespeare, tmp_path_factory.mktemp("corpus") / "small.txt")
 
 
 @pytest.fixture(scope="module")

@@ -82,6 +82,8 @@ def validation_of(run: Path) -> str:
 
 
 def test_metadata_reads_back_in_ggufs_reader(runs, exported):
+    """The GGUF's metadata (architecture, shapes, RoPE, norm epsilon, GPT-2 tokenizer) reads back in
+    gguf's own reader as the run's."""
     from gguf import GGUFReader
 
     for kind in runs:
@@ -111,6 +113,8 @@ def expected_ids(tokenizer, text: str) -> list[int]:
 
 @pytest.mark.parametrize("kind", ["char", "byte", "bpe"])
 def test_llama_cpp_tokenizes_and_detokenizes_as_blu(runs, exported, kind):
+    """llama.cpp tokenizes and detokenizes hard text (multi-byte, combining, CR, tab, unseen
+    characters) to blu's ids and text, for every kind."""
     llm = llama(exported(kind))
     tokenizer = blu.load(runs[kind]).tokenizer
     validation = validation_of(runs[kind])
@@ -138,6 +142,7 @@ RANDOM_POOLS = [range(0x20, 0x7F), range(0xA0, 0x250), range(0x300, 0x370), rang
 
 @pytest.mark.parametrize("kind", ["char", "byte", "bpe"])
 def test_llama_cpp_tokenizes_random_text_as_blu(runs, exported, kind):
+    """On 1,000 random texts llama.cpp's tokenizer gives blu's ids, for every kind."""
     llama_cpp = pytest.importorskip("llama_cpp")
     llm = llama_cpp.Llama(str(exported(kind)), vocab_only=True, verbose=False)
     tokenizer = blu.load(runs[kind]).tokenizer
@@ -157,6 +162,8 @@ def blu_logits(run, ids: list[int]) -> np.ndarray:
 @pytest.mark.parametrize("kind", ["char", "byte", "bpe"])
 @pytest.mark.parametrize("weights,cache", sorted(LOGIT_TOLERANCE))
 def test_llama_cpp_logits_equal_blus(runs, exported, kind, weights, cache):
+    """llama.cpp's logits equal blu's within each weight and cache type's rounding, and the rounded
+    types really do round."""
     run = blu.load(runs[kind])
     ids = expected_ids(run.tokenizer, validation_of(runs[kind]))[:CONTEXT]
     llm = llama(exported(kind, weights), cache)
@@ -172,6 +179,7 @@ def test_llama_cpp_logits_equal_blus(runs, exported, kind, weights, cache):
 
 @pytest.mark.parametrize("kind", ["char", "byte", "bpe"])
 def test_llama_cpp_greedy_continuation_is_blus_text(runs, exported, kind):
+    """llama.cpp continues a prompt greedily with blu's tokens (with <unk> banned, as blu bans it)."""
     llama_cpp = pytest.importorskip("llama_cpp")
     run = blu.load(runs[kind])
     llm = llama(exported(kind))
@@ -200,6 +208,8 @@ def test_llama_cpp_greedy_continuation_is_blus_text(runs, exported, kind):
 
 
 def test_llama_cpp_loads_without_warnings_about_the_tokenizer(runs, exported, capfd):
+    """llama.cpp loads each export without the warnings that mean degraded generation (pre-tokenizer,
+    control tokens, newline)."""
     for kind in runs:
         llama(exported(kind, "q8_0"), verbose=True)
         log = capfd.readouterr().err
@@ -214,6 +224,8 @@ def test_llama_cpp_loads_without_warnings_about_the_tokenizer(runs, exported, ca
 
 
 def test_export_refuses_what_llama_cpp_cannot_hold_in_one_line(runs, exported, cli, tmp_path, small_corpus, tiny_flags):
+    """What a GGUF cannot hold (q8_0 rows not a multiple of 32), --dtype for hf and a folder as --out
+    are one line, writing nothing."""
     run48 = tmp_path / "dim48"
     flags = [*tiny_flags, "--dim", "48", "--n-head", "4", "--iters", "2"]
     assert cli("train", "--data", small_corpus, "--out", run48, *flags)[0] == 0
@@ -227,6 +239,8 @@ def test_export_refuses_what_llama_cpp_cannot_hold_in_one_line(runs, exported, c
 
 
 def test_a_bpe_vocabulary_llama_cpp_would_read_differently_is_refused(runs):
+    """A bpe vocabulary with a token llama.cpp would read as a control token is refused, not exported
+    to generate differently."""
     from tokenizers import Tokenizer
 
     from blu.errors import BluError

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from blu.config import Budget, TextSettings
 from blu.evaluate import position_buckets, stream_eval, stream_losses
 from blu.generate import TextGenerator
 from blu.runs import create_run, load_run
@@ -12,7 +13,8 @@ from blu.train import train
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, shakespeare):
     """A char model trained 250 steps on tiny Shakespeare (context 32), its tokenizer and validation tokens."""
-    run = create_run(tmp_path_factory.mktemp("run"), shakespeare, preset="cpu", iters=250, device="cpu", tokenizer="char",
+    run = create_run(tmp_path_factory.mktemp("run"), TextSettings(data=str(shakespeare), tokenizer="char"), preset="cpu",
+                     budget=Budget(iters=250), device="cpu",
                      overrides=dict(dim=64, n_layer=2, n_head=4, n_kv_head=4, hidden_dim=192, context=32,
                                     batch_size=32, lr=4e-3, warmup_iters=20, eval_every=1000, sample_chars=0))
     state, _ = train(run, torch.device("cpu"), log=lambda m: None)

@@ -12,11 +12,14 @@ from blu.model import Transformer
 
 
 def test_seed_preset_is_the_original_blu():
+    """The seed preset has the original Blu's 2,657,536 parameters on tiny Shakespeare's vocabulary."""
     config = ModelConfig(**{**PRESETS["seed"].model.__dict__, "vocab_size": 66})  # 65 characters + <unk>
     assert Transformer(config).num_parameters() == 2_657_536  # the original's 2.66M
 
 
 def test_causality(tiny):
+    """A position's logits never depend on later tokens: a leak would make training look good and
+    generation bad."""
     torch.manual_seed(0)
     model = Transformer(tiny()).eval()
     x = torch.randint(0, 67, (2, 20))
@@ -29,6 +32,7 @@ def test_causality(tiny):
 
 
 def test_dropout_acts_in_training_only(tiny):
+    """Dropout changes the output in training mode and not at all in eval mode."""
     torch.manual_seed(0)
     plain, dropping = Transformer(tiny()), Transformer(tiny(dropout=0.3))
     dropping.load_state_dict(plain.state_dict())
@@ -39,6 +43,8 @@ def test_dropout_acts_in_training_only(tiny):
 
 
 def test_initial_loss_is_about_ln_vocab(tiny):
+    """A fresh model predicts about uniformly (loss near ln of the vocabulary): a bad initialisation
+    shows here."""
     torch.manual_seed(0)
     model = Transformer(tiny(vocab_size=65))
     x = torch.randint(0, 65, (8, 32))
@@ -47,6 +53,7 @@ def test_initial_loss_is_about_ln_vocab(tiny):
 
 
 def test_overfits_one_batch(tiny):
+    """The model and its gradients can memorise one batch: the basic check that it learns at all."""
     torch.manual_seed(0)
     model = Transformer(tiny())
     x = torch.randint(0, 67, (4, 32))
@@ -63,6 +70,8 @@ def test_overfits_one_batch(tiny):
 @pytest.mark.parametrize("n_kv_head", [4, 2, 1])
 @pytest.mark.parametrize("tie", [False, True])
 def test_logits_match_transformers(n_kv_head, tie, tiny):
+    """The same weights in transformers' LlamaForCausalLM give the same logits (grouped-query and tied
+    heads too): what makes export a rename."""
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
     config = tiny(n_kv_head=n_kv_head, tie_embeddings=tie, rope_theta=500.0)

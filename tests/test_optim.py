@@ -9,6 +9,8 @@ from blu.optim import MuonAdamW, learning_rate, make_optimizer, orthogonalize
 
 
 def test_schedule_warms_up_holds_then_decays_over_the_cooldown():
+    """The learning rate warms up, holds, then decays linearly over the cooldown to lr x min_lr_ratio,
+    ending decayed even for a budget shorter than the warmup."""
     config = TrainConfig(lr=1.0, warmup_iters=10, min_lr_ratio=0.1, cooldown=0.4, iters=100)
     assert learning_rate(config, 0, 0.0) == pytest.approx(0.1)
     assert learning_rate(config, 9, 0.09) == pytest.approx(1.0)
@@ -22,6 +24,8 @@ def test_schedule_warms_up_holds_then_decays_over_the_cooldown():
 
 @pytest.mark.parametrize("shape", [(32, 96), (96, 32), (40, 40)])
 def test_orthogonalize_brings_every_singular_value_near_one(shape):
+    """Muon's Newton-Schulz iteration maps every singular value, from 10 down to 0.03, into the
+    quintic's band around 1, for wide, tall and square matrices."""
     generator = torch.Generator().manual_seed(0)
     u, _, v = torch.linalg.svd(torch.randn(shape, generator=generator), full_matrices=False)
     spread = torch.logspace(1, -1.5, min(shape))  # singular values from 10 down to 0.03
@@ -30,6 +34,8 @@ def test_orthogonalize_brings_every_singular_value_near_one(shape):
 
 
 def test_muon_groups_orthogonalize_each_part_of_a_fused_weight():
+    """A fused weight (q|k|v, gate|up) is orthogonalized part by part, as separate matrices would be,
+    with the shape-scaled step."""
     weight = torch.nn.Parameter(torch.zeros(6, 4))
     weight.grad = torch.randn(6, 4, generator=torch.Generator().manual_seed(0))
     optimizer = MuonAdamW([{"params": [weight], "muon": True}], lr=0.1, momentum=0.0, parts={weight: [2, 4]})
@@ -40,6 +46,8 @@ def test_muon_groups_orthogonalize_each_part_of_a_fused_weight():
 
 
 def test_the_adamw_groups_step_exactly_like_torch_adamw():
+    """The AdamW half of MuonAdamW steps exactly as torch.optim.AdamW: a drifting reimplementation
+    would change every run."""
     torch.manual_seed(0)
     ours = torch.nn.Parameter(torch.randn(5, 3))
     theirs = torch.nn.Parameter(ours.detach().clone())
@@ -54,6 +62,8 @@ def test_the_adamw_groups_step_exactly_like_torch_adamw():
 
 
 def test_muon_takes_the_block_matrices_and_adamw_the_rest():
+    """Muon gets the 2-D matrices inside the blocks (with the fused qkv split by heads); embeddings,
+    head and norms go to AdamW."""
     model = Transformer(ModelConfig(vocab_size=10, dim=16, n_layer=2, n_head=2, n_kv_head=1, hidden_dim=32, context=8))
     optimizer = make_optimizer(model, TrainConfig(optimizer="muon", iters=1), torch.device("cpu"))
     names = {id(p): n for n, p in model.named_parameters()}

@@ -15,7 +15,8 @@ import pytest
 from safetensors.torch import load_file
 import torch
 
-from blu.config import SamplingOptions, parse_duration
+from blu.cli.parser import parse_duration
+from blu.config import SamplingOptions
 from blu.data import text as data
 from blu.errors import BluError
 from blu.files import atomic_write
@@ -61,6 +62,8 @@ def load_state_json(run: Path) -> str:
 
 
 def test_a_full_disk_keeps_the_previous_file(tmp_path, monkeypatch):
+    """A save that hits a full disk is one line and keeps the previous file, leaving no temporary file
+    behind."""
     path = tmp_path / "model.safetensors"
     atomic_write(path, b"previous")
 
@@ -75,6 +78,8 @@ def test_a_full_disk_keeps_the_previous_file(tmp_path, monkeypatch):
 
 
 def test_a_pickle_in_a_run_folder_is_never_executed(tmp_path, small_corpus, cli, tiny_flags):
+    """Weights replaced by a pickle are refused as corrupt and never executed: loading a run folder
+    runs no code from it."""
     run = tmp_path / "run"
     assert cli("train", "--data", small_corpus, "--out", run, "--iters", 2, *tiny_flags)[0] == 0
     marker = tmp_path / "pwned"
@@ -90,6 +95,7 @@ def test_a_pickle_in_a_run_folder_is_never_executed(tmp_path, small_corpus, cli,
 
 
 def test_absurd_sizes_in_config_json_are_refused_before_allocating(tmp_path, small_corpus, cli, tiny_flags):
+    """A config.json edited to an absurd size is refused in one line before any memory is allocated."""
     run = tmp_path / "run"
     assert cli("train", "--data", small_corpus, "--out", run, "--iters", 2, *tiny_flags)[0] == 0
     config = json.loads((run / "config.json").read_text())
@@ -100,6 +106,8 @@ def test_absurd_sizes_in_config_json_are_refused_before_allocating(tmp_path, sma
 
 
 def test_sigterm_saves_and_says_how_to_resume(tmp_path, small_corpus):
+    """SIGTERM (as a scheduler sends it) stops training after the step, saves, says how to resume,
+    exits 130, and the run loads."""
     run = tmp_path / "run"
     command = [sys.executable, "-m", "blu", "train", "--data", str(small_corpus), "--out", str(run),
                "--iters", "100000", "--dim", "32", "--n-layer", "1", "--n-head", "2", "--context", "32"]
@@ -175,6 +183,7 @@ def test_killed_three_times_then_resumed_ends_like_an_uninterrupted_run(tmp_path
 @settings(max_examples=200, deadline=None)
 @given(st.text())
 def test_fuzz_tokenizer_round_trip(text):
+    """A char tokenizer built from any text decodes exactly what it encodes."""
     tok = CharTokenizer.from_text(text)
     assert tok.decode(tok.encode(text)) == text
     ids, unknown = tok.encode_array(text)
@@ -184,6 +193,7 @@ def test_fuzz_tokenizer_round_trip(text):
 @settings(max_examples=300, deadline=None)
 @given(st.text(max_size=12))
 def test_fuzz_duration_parser(text):
+    """Any string given to --time is a positive duration or one BluError, never a crash."""
     try:
         assert parse_duration(text) > 0
     except BluError:
@@ -193,6 +203,8 @@ def test_fuzz_duration_parser(text):
 @settings(max_examples=200, deadline=None)
 @given(st.binary(max_size=300))
 def test_fuzz_corpus_loading(tmp_path_factory, content):
+    """Any bytes as a corpus are read exactly as UTF-8 text or refused in one line, never a crash or a
+    lossy decode."""
     path = tmp_path_factory.mktemp("fuzz") / "corpus.txt"
     path.write_bytes(content)
     try:
@@ -206,6 +218,7 @@ def test_fuzz_corpus_loading(tmp_path_factory, content):
 @given(st.floats(allow_nan=True), st.integers(-5, 100), st.floats(allow_nan=True), st.floats(allow_nan=True),
        st.floats(allow_nan=True))
 def test_fuzz_sampling_parameters(temperature, top_k, top_p, min_p, penalty):
+    """Any sampling values are refused by validate or sample a valid token: none crashes sampling."""
     options = SamplingOptions(temperature, top_k, top_p, min_p, penalty)
     try:
         options.validate()
@@ -216,14 +229,26 @@ def test_fuzz_sampling_parameters(temperature, top_k, top_p, min_p, penalty):
     assert token.shape == (2,) and ((0 <= token) & (token < 10)).all()
 
 
-def test_first_ctrl_c_asks_to_stop_and_the_second_interrupts():
-    from blu.train import StopRequest
+def test_ctrl_c_asks_to_stop_then_to_skip_the_evaluation_then_interrupts():
+    """The first Ctrl-C asks to stop (and says so at once), the second to skip the final evaluation
+    (ending one that is running at once), the third interrupts; under torchrun the second does.
+    Guards against a silent Ctrl-C, a second that cannot skip, and handlers left installed."""
+    from blu.distributed import SkipEvaluation, StopRequest
 
     before = signal.getsignal(signal.SIGINT)  # Python's default, or SIG_IGN in a background job of a script
-    stop = StopRequest()
+    said = []
+    stop = StopRequest(said.append)
     with stop.installed():
         os.kill(os.getpid(), signal.SIGINT)
-        assert stop.requested
+        assert stop.requested and not stop.skip_evaluation and said == [1]
+        with pytest.raises(SkipEvaluation), stop.skippable():
+            os.kill(os.getpid(), signal.SIGINT)
+        assert stop.skip_evaluation and said == [1, 2]
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
     assert signal.getsignal(signal.SIGINT) is before  # restored afterwards
+    shared = StopRequest(can_skip=False)
+    with shared.installed():
+        os.kill(os.getpid(), signal.SIGINT)
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)

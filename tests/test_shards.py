@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 
+from conftest import read_documents, split_documents
 from hypothesis import given, settings
 from hypothesis import strategies as st
 import numpy as np
@@ -20,8 +21,8 @@ import pytest
 
 from blu.data.batches import TokenShards
 from blu.data.cache import CorpusCache, list_cache
-from blu.data.sources import Source, pieces_of, read_documents
-from blu.data.split import Corpus, split_documents
+from blu.data.sources import Source, pieces_of
+from blu.data.split import Corpus
 from blu.errors import BluError
 from blu.tokenizers import build_tokenizer
 
@@ -55,6 +56,8 @@ def prepared(root, tokenizer, **options):
 
 
 def test_pieces_cut_where_bpe_ids_do_not_change(bpe):
+    """Documents are cut into pieces only where BPE ids cannot change (or where they must), so the
+    pieces encode as the whole."""
     text = "Hello,  world!\n\n  indented\tTabs and 'quotes' end." * 40 + " tail"
     pieces = list(pieces_of([text[i : i + 37] for i in range(0, len(text), 37)], size=50))
     assert "".join(p for p, _ in pieces) == text and [last for _, last in pieces] == [False] * (len(pieces) - 1) + [True]
@@ -67,6 +70,8 @@ def test_pieces_cut_where_bpe_ids_do_not_change(bpe):
 @given(st.lists(st.sampled_from(["the", "King", "42", "'s", " ", "  ", "\n", "\n\n", "\t", ",", "é", "日本", "🙂", "\r\n"]),
                 max_size=300), st.integers(5, 40))
 def test_pieces_of_any_text_encode_as_the_whole(bpe, words, size):
+    """On any text, pieces stay within their size, cut at a safe place unless none is in reach, and
+    then encode as the whole text."""
     text = "".join(words)
     pieces = [p for p, _ in pieces_of([text], size=size)]
     assert "".join(pieces) == text and all(len(p) <= size for p in pieces)
@@ -78,6 +83,8 @@ def test_pieces_of_any_text_encode_as_the_whole(bpe, words, size):
 
 
 def test_shards_hold_the_ids_of_each_document_encoded_whole_in_parallel_or_not(books, bpe, monkeypatch, tmp_path):
+    """The shard files hold each training document encoded whole with its end-of-text, in one process
+    or two, and windows across files read as one sequence."""
     documents = read_documents(books)
     train, validation = split_documents(documents, 0.1, 1337)
     expected = np.concatenate([np.append(bpe.encode_array(d)[0], bpe.end_id) for d in train])
@@ -96,6 +103,8 @@ def test_shards_hold_the_ids_of_each_document_encoded_whole_in_parallel_or_not(b
 
 
 def test_reused_when_nothing_changed_and_rebuilt_when_a_byte_or_the_tokenizer_does(books, bpe):
+    """The token cache is reused as it is, and rebuilt when one byte of the corpus or the tokenizer
+    changes."""
     _, first = prepared(books, bpe)
     created = (first.folder / "index.json").stat().st_mtime_ns
     _, again = prepared(books, bpe)
@@ -152,6 +161,8 @@ def _entries(cache: Path) -> list[Path]:
 
 @pytest.mark.parametrize("how", ["ctrl-c", "kill -9"])
 def test_an_interrupted_preparation_is_never_taken_whole(big_corpus, tmp_path, bpe, how):
+    """A preparation stopped by Ctrl-C or kill -9 mid-way leaves nothing that a later run would take
+    for whole tokens."""
     cache = tmp_path / "cache"
     (tmp_path / "bpe.json").write_text(bpe.to_json(), encoding="utf-8")
     command = prepare_command(big_corpus, "--tokenizer-from", str(tmp_path / "bpe.json"), "--workers", "2")
@@ -210,6 +221,8 @@ def test_two_preparers_at_once_take_turns(big_corpus, tmp_path, monkeypatch):
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small file system needs root (CI runs as root)")
 def test_a_full_disk_is_one_line_and_leaves_nothing(big_corpus, tmp_path):
+    """A disk that fills while tokenizing is one line saying how much room is needed, and leaves no
+    partial folder."""
     cache = tmp_path / "small-disk"
     cache.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(cache)], check=True)
@@ -226,6 +239,8 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(big_corpus, tmp_path):
 
 
 def test_a_missing_cache_folder_is_one_line(books, bpe, monkeypatch, tmp_path):
+    """A cache folder that cannot be created (a file in its place) is one line naming BLU_CACHE's
+    folder."""
     (tmp_path / "file").write_text("")
     monkeypatch.setenv("BLU_CACHE", str(tmp_path / "file"))  # a file where the cache folder should be
     with pytest.raises(BluError, match="cannot write to the cache folder"):

@@ -8,6 +8,8 @@ from blu.tokenizers import CharTokenizer, build_tokenizer, tokenizer_from_json
 
 
 def test_round_trip_and_vocabulary():
+    """A char tokenizer holds each character of its text once plus <unk>, decodes what it encodes, and
+    uses the narrowest id type."""
     text = "Hello, wörld!\nÜber 🙂 tab\there"
     tok = CharTokenizer.from_text(text)
     assert tok.vocab_size == len(set(text)) + 1  # + <unk>
@@ -18,6 +20,8 @@ def test_round_trip_and_vocabulary():
 
 
 def test_unknown_characters_become_unk_and_are_counted():
+    """Characters outside the vocabulary become <unk>, are counted and listed, and <unk> decodes to
+    nothing."""
     tok = CharTokenizer.from_text("abc")
     ids, unknown = tok.encode_array("abxc€")
     assert ids.tolist() == [1, 2, 0, 3, 0]
@@ -27,12 +31,14 @@ def test_unknown_characters_become_unk_and_are_counted():
 
 
 def test_json_round_trip():
+    """A char tokenizer read back from its tokenizer.json encodes as before."""
     tok = CharTokenizer.from_text("the quick brown fox\n")
     again = tokenizer_from_json(tok.to_json())
     assert again.chars == tok.chars and again.encode("fox") == tok.encode("fox")
 
 
 def test_large_vocabulary_uses_wider_ids():
+    """Over 256 characters, ids are stored as uint16, not wrapped around in uint8."""
     tok = CharTokenizer.from_text("".join(chr(0x4E00 + i) for i in range(300)))
     assert tok.dtype == np.uint16
     text = chr(0x4E00 + 299) + chr(0x4E00)
@@ -40,6 +46,8 @@ def test_large_vocabulary_uses_wider_ids():
 
 
 def test_tokenizer_json_chooses_the_kind_and_refuses_others():
+    """tokenizer.json's content chooses the kind; other types, damaged JSON and unknown kinds are
+    refused in one line."""
     tok = build_tokenizer("char", "héllo\n")
     again = tokenizer_from_json(tok.to_json())
     assert isinstance(again, CharTokenizer) and again.kind == "char" and again.encode("hé") == tok.encode("hé")
@@ -51,6 +59,8 @@ def test_tokenizer_json_chooses_the_kind_and_refuses_others():
 
 
 def test_streamed_decoding_gives_the_text_piece_by_piece():
+    """The stream decoder gives each character as its token arrives (emoji and accents included), and
+    nothing more at the end."""
     tok = build_tokenizer("char", "Über 🙂\n")
     decoder = tok.stream_decoder()
     pieces = [decoder.feed(i) for i in tok.encode("🙂 Über")] + [decoder.flush()]
@@ -108,10 +118,14 @@ def test_tiktoken_encodes_the_ids_of_tokenizers(shakespeare, vocab_size):
 @settings(max_examples=200, deadline=None)
 @given(st.text(alphabet=st.characters(codec="utf-8"), max_size=80) | st.text(alphabet=" \t\n\r'sdlvetmAé1日🙂.,-", max_size=80))
 def test_tiktoken_agrees_on_any_text(bpe, text):
+    """blu's fast BPE encoding gives the ids the Hugging Face tokenizers file gives, on any text: the
+    export and llama.cpp read that file."""
     assert bpe.encode(text) == bpe.hf.encode(text, add_special_tokens=False).ids
 
 
 def test_bpe_training_is_reproducible(shakespeare):
+    """Training a BPE twice on the same text gives the same file: the cache and resumed runs rely on
+    it."""
     text = shakespeare.read_text(encoding="utf-8")[:100_000]
     assert build_tokenizer("bpe", text, 400).to_json() == build_tokenizer("bpe", text, 400).to_json()
 
@@ -127,6 +141,8 @@ def test_streamed_bytes_never_split_a_character():
 
 
 def test_char_byte_lengths_count_utf8_bytes_unknown_characters_included():
+    """Bits per byte count each character's UTF-8 bytes, unknown characters included: leaving them out
+    would flatter the score."""
     tok = build_tokenizer("char", "abc")
     text = "aé🙂c"
     ids, unknown = tok.encode_array(text)
@@ -134,6 +150,7 @@ def test_char_byte_lengths_count_utf8_bytes_unknown_characters_included():
 
 
 def test_vocab_size_is_for_bpe_only():
+    """--vocab-size is refused for char and byte, and a bpe size below 258 is refused before training."""
     with pytest.raises(BluError, match="vocab-size is for --tokenizer bpe"):
         build_tokenizer("char", "abc", 300)
     with pytest.raises(BluError, match="between 258"):

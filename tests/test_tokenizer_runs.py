@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 import shutil
 
+from conftest import TINY_MODEL_FLAGS
 import pytest
 import torch
 
@@ -39,6 +40,8 @@ def runs(tmp_path_factory, shakespeare):
 
 
 def test_every_tokenizer_scores_the_same_validation_text(runs):
+    """Runs of every tokenizer on one corpus record the same validation text, so their bits per byte
+    compare; each reads back its own kind."""
     validation = {kind: json.loads((run / "config.json").read_text())["data"]["validation"] for kind, run in runs.items()}
     assert len({json.dumps(v, sort_keys=True) for v in validation.values()}) == 1
     assert {kind: load_config(run)[3].kind for kind, run in runs.items()} == {k: k for k in runs}
@@ -70,6 +73,7 @@ def test_eval_reports_bits_per_byte_bytes_window_and_unknown_characters(runs, cl
 
 
 def test_char_bits_per_byte_equal_bits_per_character_on_ascii(runs, cli, tmp_path):
+    """On ASCII text a char run's bits per byte equal its bits per character: the byte count is right."""
     ascii_text = tmp_path / "ascii.txt"
     ascii_text.write_text("To be, or not to be, that is the question.\n" * 20, encoding="utf-8")
     code, out, _ = cli("eval", "--run", runs["char"], "--data", ascii_text, "--json")
@@ -78,6 +82,8 @@ def test_char_bits_per_byte_equal_bits_per_character_on_ascii(runs, cli, tmp_pat
 
 
 def test_char_vocabulary_comes_from_the_training_text_only(runs):
+    """A char vocabulary is built from the training text only: a character seen only in validation
+    stays unknown."""
     tokenizer = load_config(runs["char"])[3]
     data = json.loads((runs["char"] / "config.json").read_text())["data"]
     text = Path(data["path"]).read_text(encoding="utf-8")
@@ -99,6 +105,7 @@ def test_streamed_text_is_the_decoded_tokens_whatever_their_bytes(runs, kind):
 
 
 def test_generation_stops_at_the_end_of_text_token(runs):
+    """Generation ends at the end-of-text token (never printed) unless told not to stop there."""
     run = blu.load(runs["byte"])
     end = run.tokenizer.end_id
     tokens = [ord("h"), ord("i"), end, ord("x")]
@@ -108,6 +115,8 @@ def test_generation_stops_at_the_end_of_text_token(runs):
 
 @pytest.mark.parametrize("kind", ["byte", "bpe"])
 def test_export_to_transformers_encodes_decodes_and_continues_as_blu(runs, tmp_path, cli, kind):
+    """An hf export of a byte or bpe run tokenizes and decodes hard text as blu does, knows its end-of-
+    text token, and continues greedily as blu."""
     transformers = pytest.importorskip("transformers")
     out = tmp_path / "hf"
     assert cli("export", "--run", runs[kind], "--format", "hf", "--out", out)[0] == 0
@@ -127,9 +136,11 @@ def test_export_to_transformers_encodes_decodes_and_continues_as_blu(runs, tmp_p
 
 
 def test_tokenizer_from_another_run_is_reused(runs, tmp_path, cli, small_corpus, tiny_flags):
+    """--tokenizer-from reuses another run's tokenizer.json as it is; beside --tokenizer, or with
+    --resume, it is refused in one line."""
     out = tmp_path / "again"
-    model_flags = tiny_flags[tiny_flags.index("--tokenizer") + 2 :]  # no --tokenizer beside --tokenizer-from
-    code, _, err = cli("train", "--data", small_corpus, "--out", out, "--iters", 2, *model_flags, "--tokenizer-from", runs["bpe"])
+    code, _, err = cli("train", "--data", small_corpus, "--out", out, "--iters", 2, *TINY_MODEL_FLAGS,  # no --tokenizer
+                       "--tokenizer-from", runs["bpe"])
     assert code == 0, err
     assert (out / "tokenizer.json").read_text() == (runs["bpe"] / "tokenizer.json").read_text()
     code, _, err = cli("train", "--data", small_corpus, "--out", tmp_path / "x", "--iters", 2, "--tokenizer-from",

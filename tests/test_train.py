@@ -4,6 +4,7 @@ import json
 import math
 import os
 import signal
+import time
 
 import pytest
 from safetensors import safe_open
@@ -11,10 +12,15 @@ from safetensors.torch import load_file
 import torch
 import torch.nn.functional as F
 
+from blu import train as training
+from blu.checkpoint import TrainState
+from blu.config import Budget, ModelConfig
 from blu.errors import BluError
 from blu.evaluate import evaluate
+from blu.metrics import MetricsLog
 from blu.runs import load_run, resume_run
-from blu.train import TrainState, new_model, train
+from blu.serve.watch import TrainingView
+from blu.train import Trainer, new_model, train
 
 CPU = torch.device("cpu")
 
@@ -24,6 +30,9 @@ def quiet(message):
 
 
 def test_short_run_on_tiny_shakespeare_learns_and_fills_the_run_folder(tmp_path, shakespeare, make_run):
+    """A short run learns (well below the initial ln-vocabulary loss), logs train and validation rows
+    with per-character figures for char, plots, samples, and its saved weights score what training
+    measured."""
     run = make_run(tmp_path / "run", shakespeare, iters=80, eval_every=40)
     initial = evaluate(new_model(run.model_config, run.train_config.seed), run.val_tokens).loss
     state, interrupted = train(run, CPU, log=quiet)
@@ -117,7 +126,7 @@ def test_saved_state_of_an_older_blu_still_loads():
            "evaluated_step": 30, "faults_in_a_row": 0}
     assert TrainState.from_saved(old, "x") == TrainState(30, 15360, 2.5, 2.1, 1)
     assert TrainState.from_saved({"step": 3}, "x") == TrainState(step=3)
-    for bad in ({"step": "3"}, {"best_val_loss": "low"}, {"tokens": 1.5}, {"step": True}, ["step"]):
+    for bad in ({"step": "3"}, {"best_val_loss": "low"}, {"tokens": 1.5}, {"step": True}, {"evaluated": 1}, ["step"]):
         with pytest.raises(BluError, match="training state"):
             TrainState.from_saved(bad, "x")
 
@@ -150,6 +159,8 @@ def test_compiled_training_matches_eager(tmp_path, small_corpus, make_run, dropo
 
 
 def test_training_goes_on_without_compile_where_it_cannot_work(tmp_path, small_corpus, make_run, monkeypatch):
+    """Where torch.compile cannot work (no C++ compiler), training says so once and trains without it
+    instead of failing."""
     def broken_compile(model):
         def fails(*args, **kwargs):
             raise RuntimeError("no C++ compiler found")
@@ -161,3 +172,80 @@ def test_training_goes_on_without_compile_where_it_cannot_work(tmp_path, small_c
     state, _ = train(make_run(tmp_path / "run", small_corpus, iters=5, compile=True), CPU, log=notes.append)
     assert state.step == 5
     assert any("torch.compile does not work here (RuntimeError: no C++ compiler found)" in n for n in notes)
+
+
+def test_evaluation_leaves_the_model_in_the_mode_it_found():
+    """`blu eval` scores a model loaded in eval mode: evaluate once ended by switching every model
+    to training mode (dropout on), whatever it had been."""
+    model = new_model(ModelConfig(vocab_size=20, dim=16, n_layer=1, n_head=2, n_kv_head=2, hidden_dim=32, context=8), 0)
+    tokens = torch.arange(40).remainder(20).numpy()
+    for mode in (False, True):
+        model.train(mode)
+        evaluate(model, tokens)
+        assert model.training is mode
+
+
+def test_a_second_ctrl_c_skips_the_final_evaluation_and_loses_nothing(tmp_path, small_corpus, make_run, monkeypatch):
+    """The first Ctrl-C says at once that training stops, saves and evaluates; a second one during
+    that evaluation ends it at once and saves the training state instead. Guards against silence,
+    a second Ctrl-C that loses the steps since the last save, and a resumed run that forgets the
+    skipped evaluation; the run still ends bit-identical to one never stopped."""
+    straight = make_run(tmp_path / "straight", small_corpus, iters=60)
+    train(straight, CPU, log=quiet)
+    real_step, real_validate, notes = Trainer.step, Trainer.validate, []
+
+    def step(self, forward):
+        agreed = real_step(self, forward)
+        if self.state.step == 25:
+            os.kill(os.getpid(), signal.SIGINT)
+            assert notes[-1] == "stopping: saving and running the final evaluation (Ctrl-C again to skip it)"
+        return agreed
+
+    def validate(self):
+        if self.state.step == 25:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_validate(self)
+
+    monkeypatch.setattr(Trainer, "step", step)
+    monkeypatch.setattr(Trainer, "validate", validate)
+    stopped = make_run(tmp_path / "stopped", small_corpus, iters=60)
+    state, interrupted = train(stopped, CPU, log=notes.append)
+    assert interrupted and state.step == 25 and not state.evaluated
+    assert notes[-3:] == ["skipping the final evaluation: saving the training state (Ctrl-C again to stop at once, keeping "
+                          "the last save)", "step 25: saved without evaluating",
+                          f"stopped at step 25 and saved; continue with: blu train --out {stopped.folder} --resume"]
+    rows = MetricsLog(stopped.folder).rows()
+    assert [r["step"] for r in rows if "val_loss" in r] == [20]  # step 25 was not evaluated
+    monkeypatch.undo()
+    state, _ = train(resume_run(stopped.folder, Budget(iters=25)), CPU, log=quiet)  # nothing left to train
+    assert state.step == 25 and state.evaluated and MetricsLog(stopped.folder).rows()[-1]["step"] == 25
+    state, _ = train(resume_run(stopped.folder), CPU, log=quiet)
+    a, b = load_file(straight.folder / "last" / "state.safetensors"), load_file(stopped.folder / "last" / "state.safetensors")
+    assert state.step == 60 and a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_time_budget_buys_training_not_set_up(tmp_path, small_corpus, make_run, monkeypatch):
+    """The --time clock starts at the first step: set-up that takes longer than the budget (here a
+    compile that takes 3 s) once spent it all, leaving one step. The log says what it is doing."""
+    def slow_compile(model, batch_shape, device, log):
+        time.sleep(3)
+        return model
+
+    monkeypatch.setattr(training, "compile_for_training", slow_compile)
+    notes = []
+    run = make_run(tmp_path / "run", small_corpus, time_s=1.5, compile=True, log_every=1, eval_every=10_000)
+    state, _ = train(run, CPU, log=notes.append)
+    steps = [r for r in MetricsLog(run.folder).rows() if "train_loss" in r]
+    assert state.step > 5 and steps[0]["elapsed_s"] < 1 and 1.5 <= state.elapsed_s < 3
+    assert notes[0] == "compiling the model for training (torch.compile; the budget's clock starts after it)"
+
+
+def test_metrics_have_one_reader_that_skips_a_line_cut_short(tmp_path):
+    """metrics.jsonl is read by the training loop (resume, plot) and the server's training view:
+    one reader, so both leave out the line a kill cut short, and nothing that is not a row."""
+    log = MetricsLog(tmp_path)
+    log.write({"step": 1, "train_loss": 2.0, "elapsed_s": 0.1, "tokens": 8})
+    with open(log.path, "a") as f:
+        f.write('3\n{"step": 2, "train_lo')
+    assert log.rows() == [{"step": 1, "train_loss": 2.0, "elapsed_s": 0.1, "tokens": 8}]
+    assert TrainingView(tmp_path).read()["rows"] == log.rows()

@@ -7,13 +7,14 @@
     last/state.safetensors
                        the latest full state for --resume: weights, optimizer
                        moments and RNG states as tensors, with the training state
-                       (train.TrainState) as JSON in the file's metadata
+                       (TrainState, below) as JSON in the file's metadata
                        (one file, so a single atomic rename keeps it consistent)
     metrics.jsonl, loss.png, samples.txt
 
 No pickle anywhere: loading a run folder never executes code from it.
 """
 
+from dataclasses import asdict, dataclass, fields
 import json
 from pathlib import Path
 
@@ -24,6 +25,34 @@ import torch
 from .errors import BluError
 from .files import atomic_write
 from .model import Transformer
+
+
+@dataclass
+class TrainState:
+    """How far a run has got: saved as JSON beside the weights in last/state.safetensors."""
+
+    step: int = 0  # optimizer steps taken
+    tokens: int = 0  # training tokens consumed
+    elapsed_s: float = 0.0  # wall-clock seconds of training and evaluation, from the first step
+    best_val_loss: float | None = None  # the best validation loss so far: that of model.safetensors
+    skipped_steps: int = 0  # updates skipped for a non-finite loss or gradient
+    processes: int = 1  # how many processes trained it: each step took batch_size x processes x grad_accum sequences
+    evaluated: bool = True  # False: saved by a second Ctrl-C that skipped the evaluation of this step
+
+    @classmethod
+    def from_saved(cls, saved, path) -> "TrainState":
+        """The state saved in `path`. Fields it lacks keep their defaults; other keys (older blu
+        versions also saved loop variables, evaluated_step and faults_in_a_row) are ignored."""
+        if not isinstance(saved, dict):
+            raise BluError(f"{path} has no readable training state in its metadata")
+        values = {f.name: saved[f.name] for f in fields(cls) if f.name in saved}
+        for f in fields(cls):
+            value = values.get(f.name, f.default)
+            allowed = f.type if f.type in (int, bool) else (int, float, type(None)) if f.default is None else (int, float)
+            if not isinstance(value, allowed) or (isinstance(value, bool) and f.type is not bool):
+                raise BluError(f"{path}: the saved training state has a bad {f.name} ({value!r})")
+        return cls(**values)
+
 
 RUN_FILES = ("config.json", "tokenizer.json", "model.safetensors", "last", "metrics.jsonl", "loss.png", "samples.txt")
 
@@ -88,7 +117,7 @@ def _optimizer_names(optimizer, model) -> list[str]:
     return [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
 
 
-def save_last(run_dir: Path, model, optimizer, generators: dict, state: dict) -> None:
+def save_last(run_dir: Path, model, optimizer, generators: dict, state: TrainState) -> None:
     """The full training state, in one file so that it is replaced atomically."""
     tensors = model_tensors(model, prefix="model.")
     names = _optimizer_names(optimizer, model)
@@ -97,12 +126,12 @@ def save_last(run_dir: Path, model, optimizer, generators: dict, state: dict) ->
             tensors[f"optimizer.{names[index]}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
     for name, generator in generators.items():
         tensors[f"rng.{name}"] = generator.get_state()
-    data = safetensors_bytes(tensors, metadata={"state": json.dumps(state)})
+    data = safetensors_bytes(tensors, metadata={"state": json.dumps(asdict(state))})
     atomic_write(Path(run_dir) / "last" / "state.safetensors", data)
 
 
-def load_last(run_dir: Path, model, optimizer, generators: dict) -> dict:
-    """Restore what `save_last` wrote into `model`, `optimizer` and `generators`; return the JSON state."""
+def load_last(run_dir: Path, model, optimizer, generators: dict) -> TrainState:
+    """Restore what `save_last` wrote into `model`, `optimizer` and `generators`; return the training state."""
     path = Path(run_dir) / "last" / "state.safetensors"
     weights = {k: v.shape for k, v in model_tensors(model, prefix="model.").items()}
     rng = {f"rng.{name}": generator.get_state().shape for name, generator in generators.items()}
@@ -122,6 +151,7 @@ def load_last(run_dir: Path, model, optimizer, generators: dict) -> dict:
     for name, generator in generators.items():
         generator.set_state(tensors[f"rng.{name}"])
     try:
-        return json.loads(metadata["state"])
+        saved = json.loads(metadata["state"])
     except (KeyError, ValueError):
         raise BluError(f"{path} has no readable training state in its metadata") from None
+    return TrainState.from_saved(saved, path)

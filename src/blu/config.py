@@ -1,14 +1,25 @@
-"""Configuration: the model and training dataclasses, the named presets, and
-the parsing of budgets. This is the only place where defaults live."""
+"""Configuration: the model, training, text and sampling dataclasses, the budget and the named
+presets. This is the only place where defaults live."""
 
 from dataclasses import asdict, dataclass, field, fields, replace
 import math
-import re
 
 from .errors import BluError
 
 OPTIMIZERS = ("muon", "adamw")
 MAX_PARAMETERS = 2_000_000_000  # far beyond one modest GPU; refuses absurd shapes from a damaged config.json
+TOKENIZER_KINDS = ("char", "byte", "bpe")  # the tokenizers a run builds from its training text (--tokenizer)
+# The defaults come from BENCHMARKS.md ("Tokenizers on tiny Shakespeare"). In 150 s on a 2-core
+# CPU, BPE of 512 or 1,024 tokens reaches 2.15 bits per byte where char and byte reach 2.27 and
+# 4,096 reaches 2.20; 1,024 ties 512 and packs 20% more text per token: bpe for --data. But in the
+# 2,000 steps of a plain `blu train`, BPE makes 20 passes over tiny Shakespeare's 411K tokens and
+# overfits (best 2.22 at step 400) where char goes on to 2.15: char for tiny Shakespeare.
+DEFAULT_TOKENIZER = "bpe"
+DEFAULT_TOKENIZER_SHAKESPEARE = "char"
+DEFAULT_BPE_VOCAB_SIZE = 1024
+VAL_FRACTION = 0.1
+# Evaluating the whole validation text at every evaluation must stay a small share of training.
+MAX_VALIDATION_CHARS = 4_000_000
 
 
 def _knob(default, help_text, choices=None):
@@ -81,7 +92,7 @@ class TrainConfig:
     sample_chars: int = 200  # length of the sample written to samples.txt at each evaluation
     log_every: int = 10
     iters: int = 0  # optimizer steps; 0 = no step budget
-    time_s: float = 0.0  # wall-clock seconds; 0 = no time budget
+    time_s: float = 0.0  # seconds of training from the first step (evaluations included); 0 = no time budget
     seed: int = 1337
 
     def validate(self) -> None:
@@ -99,6 +110,69 @@ class TrainConfig:
             raise BluError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if not self.iters and not self.time_s:
             raise BluError("training needs a budget: --iters or --time")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How long a run trains, as the user gave it (None: not given): `iters` optimizer steps or
+    `time_s` seconds, whichever ends first. The clock starts at the first step, so that set-up
+    (reading, tokenizing, compiling) is not taken from it; evaluations during training are.
+    Neither: the preset's steps."""
+
+    iters: int | None = None
+    time_s: float | None = None
+
+    def validate(self) -> None:
+        if self.iters is not None and self.iters < 1:
+            raise BluError(f"--iters must be at least 1, got {self.iters}")
+        if self.time_s is not None and not self.time_s > 0:
+            raise BluError(f"duration must be positive, got {self.time_s!r}")
+
+    @property
+    def given(self) -> bool:
+        return self.iters is not None or self.time_s is not None
+
+
+def _text_flag(default, help_text, kind=str, choices=None, metavar=None, repeatable=False):
+    """A text setting and its flag: the flag's type, choices, metavar, whether it repeats, and its
+    help (the command line adds the default where it is a plain value)."""
+    return field(default=default, metadata={"help": help_text, "type": kind, "choices": choices, "metavar": metavar,
+                                            "repeatable": repeatable})
+
+
+@dataclass(frozen=True)
+class TextSettings:
+    """What text a run reads and how it is tokenized: the flags `blu train` and `blu prepare`
+    share. config.json records them (runs.py), so a resumed run reads the same text."""
+
+    data: str | None = _text_flag(None, "a UTF-8 text file, or a folder, .jsonl, .parquet or .gz of them, to train "
+                                        "on (default: tiny Shakespeare, downloaded once)")
+    val_data: str | None = _text_flag(None, "validate on this text (file or corpus) instead of a share of --data")
+    ext: list[str] | None = _text_flag(None, "in a --data folder, read only files ending in SUFFIX (repeatable; "
+                                             "default: every file)", metavar="SUFFIX", repeatable=True)
+    text_field: str = _text_flag("text", "the JSONL field or Parquet column holding the text")
+    skip_bad_files: bool = _text_flag(False, "leave out files that are not UTF-8 text (or bad JSONL/Parquet), "
+                                             "listing them, instead of refusing the corpus", kind=bool)
+    tokenizer: str | None = _text_flag(
+        None, "bpe: a byte-level BPE trained on the training text (default with --data); char: one token per "
+              "character (default for tiny Shakespeare); byte: the 256 UTF-8 bytes", choices=TOKENIZER_KINDS)
+    vocab_size: int | None = _text_flag(None, f"tokens in a bpe vocabulary (default {DEFAULT_BPE_VOCAB_SIZE})", kind=int)
+    tokenizer_from: str | None = _text_flag(None, "reuse the tokenizer of a run folder or a tokenizer.json",
+                                            metavar="RUN_OR_FILE")
+    val_fraction: float = _text_flag(VAL_FRACTION, "share of the text held out for validation, at most "
+                                                   f"{MAX_VALIDATION_CHARS:,} characters", kind=float)
+
+    def tokenizer_kind(self) -> str:
+        """The kind of tokenizer to build: --tokenizer, or the default for this text."""
+        return self.tokenizer or (DEFAULT_TOKENIZER if self.data is not None else DEFAULT_TOKENIZER_SHAKESPEARE)
+
+    def validate(self) -> None:
+        """Refuse settings that cannot go together, before any text is read (the tokenizer's own
+        kind and size are checked by tokenizers.check_tokenizer_settings)."""
+        if not 0 < self.val_fraction < 1:
+            raise BluError(f"val-fraction must be between 0 and 1, got {self.val_fraction}")
+        if self.tokenizer_from is not None and (self.tokenizer is not None or self.vocab_size is not None):
+            raise BluError("--tokenizer-from reuses a tokenizer: give it without --tokenizer or --vocab-size")
 
 
 @dataclass(frozen=True)
@@ -179,17 +253,19 @@ def with_overrides(config, overrides: dict):
     return replace(config, **{k: v for k, v in overrides.items() if k in names and v is not None})
 
 
-def configs_for(preset_name: str, overrides: dict, vocab_size: int, iters=None, time_s=None):
+def configs_for(preset_name: str, overrides: dict, vocab_size: int, budget: Budget | None = None):
     """The model and training configurations of a new run: a preset, the user's overrides
     (dataclass field names; None = keep the preset's), and the budget (the preset's steps if none)."""
     preset = PRESETS[preset_name]
     overrides = {k: v for k, v in overrides.items() if v is not None}
+    budget = budget or Budget()
+    iters, time_s = budget.iters, budget.time_s
     if preset.long_budget and time_s and time_s >= preset.long_budget[0]:
         overrides = {**preset.long_budget[1], **overrides}
     if "n_head" in overrides and "n_kv_head" not in overrides:
         overrides = {**overrides, "n_kv_head": overrides["n_head"]}  # plain attention unless asked otherwise
     model = replace(with_overrides(preset.model, overrides), vocab_size=vocab_size)
-    if iters is None and time_s is None:
+    if not budget.given:
         iters = preset.default_iters
     train = replace(with_overrides(preset.train, overrides), iters=iters or 0, time_s=time_s or 0.0)
     model.validate()
@@ -215,17 +291,3 @@ def from_dict(cls, data: dict):
         if not ok or (expected is not bool and isinstance(value, bool)):
             raise BluError(f"config.json: {cls.__name__}.{name} should be {expected.__name__}, got {value!r}")
     return cls(**{k: (float(v) if type(known[k].default) is float else v) for k, v in data.items()})
-
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([smh]?)\s*$")
-
-
-def parse_duration(text: str) -> float:
-    """'90', '90s', '10m', '1.5h' -> seconds (positive)."""
-    match = _DURATION.match(str(text))
-    if not match:
-        raise BluError(f"bad duration {text!r}: use seconds or a number with s, m or h (90, 90s, 10m, 1h)")
-    seconds = float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
-    if seconds <= 0:
-        raise BluError(f"duration must be positive, got {text!r}")
-    return seconds

@@ -1,4 +1,5 @@
-"""Picking the device and its precision, for training, generation and evaluation alike."""
+"""Picking the device and its precision, for training, generation and evaluation alike, and
+compiling the model for training on it."""
 
 from contextlib import nullcontext
 
@@ -26,3 +27,19 @@ def autocast_for(device: torch.device):
 
 def device_of(model) -> torch.device:
     return model.tok_embeddings.weight.device
+
+
+def compile_for_training(model, batch_shape, device: torch.device, log):
+    """torch.compile(model), compiled now on a dummy batch so that a machine where inductor
+    cannot work (no C++ compiler, say) is found out at once and trains without it, with a note.
+    With dropout, each mask is drawn outside the compiled graph (a graph break: the compiler
+    cannot draw from an explicit generator), so compiled and eager training draw the same masks."""
+    fast = torch.compile(model)
+    try:
+        with autocast_for(device):
+            fast(torch.zeros(batch_shape, dtype=torch.int64, device=device)).float().sum().backward()
+    except Exception as error:  # torch.compile raises many kinds; any of them means: not here
+        log(f"torch.compile does not work here ({type(error).__name__}: {str(error).splitlines()[0][:120]}); training without it")
+        fast = model
+    model.zero_grad(set_to_none=True)
+    return fast

@@ -164,18 +164,45 @@ class World:
         return follow(detail)
 
 
-class StopRequest:
-    """The first Ctrl-C (or SIGTERM) asks training to stop after the current step
-    and save; a second Ctrl-C interrupts at once (atomic writes keep the folder readable).
-    Under torchrun the request of any rank is shared by World.agree."""
+class SkipEvaluation(Exception):
+    """A second Ctrl-C during StopRequest.skippable(): the evaluation it guards is given up."""
 
-    def __init__(self):
-        self.requested = False
+
+class StopRequest:
+    """The first Ctrl-C (or SIGTERM) asks training to stop after the current step, save and run
+    its final evaluation, and `announce(1)` says so at once. On one process a second Ctrl-C skips
+    that evaluation (`announce(2)`): it ends the one running inside `skippable()` at once (by
+    raising SkipEvaluation there) or marks the coming one skipped; the trainer saves its state
+    either way. A third Ctrl-C interrupts at once, as a second does under torchrun (`can_skip`
+    False: the ranks share an evaluation, and could not agree to give it up halfway); atomic
+    writes keep the folder readable. Under torchrun the request of any rank is shared by World.agree."""
+
+    def __init__(self, announce=lambda count: None, can_skip: bool = True):
+        self.requested = False  # stop after the current step
+        self.skip_evaluation = False  # and do not evaluate before stopping
+        self.announce, self.can_skip = announce, can_skip
+        self._skippable = False
 
     def _handle(self, signum, frame):
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.requested = True
+        if not self.requested:
+            self.requested = True
+            self.announce(1)
+        elif signum == signal.SIGINT:  # a repeated SIGTERM asks nothing more
+            if self.skip_evaluation or not self.can_skip:
+                raise KeyboardInterrupt
+            self.skip_evaluation = True
+            self.announce(2)
+            if self._skippable:
+                raise SkipEvaluation
+
+    @contextmanager
+    def skippable(self):
+        """A block (an evaluation) that a second Ctrl-C ends at once, raising SkipEvaluation."""
+        self._skippable = True
+        try:
+            yield
+        finally:
+            self._skippable = False
 
     @contextmanager
     def installed(self):

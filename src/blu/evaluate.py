@@ -22,16 +22,31 @@ class Scores(NamedTuple):
 
     @property
     def bpc(self) -> float:
-        """Bits per token: per character for a char tokenizer."""
+        """Bits per token, which is bits per character for a char tokenizer only: reported for char runs alone."""
         return self.loss / math.log(2)
 
 
-@torch.no_grad()
+def scored_tokens(tokens) -> int:
+    """How many tokens of a text an evaluation scores: every one after the first is predicted once.
+    The count the training header, `blu prepare` and `blu eval` all give."""
+    return max(0, len(tokens) - 1)
+
+
 def evaluate(model, tokens: np.ndarray, batch_size: int = 64, byte_lengths: np.ndarray | None = None) -> Scores:
     """The loss over every token of `tokens` (after the first), read as consecutive
     non-overlapping windows of the model's context, and, given `byte_lengths` (the bytes each
-    token stands for, from the tokenizer), bits per byte: comparable across tokenizers."""
+    token stands for, from the tokenizer), bits per byte: comparable across tokenizers. The model
+    is scored in eval mode and left in the mode it was in, even if interrupted."""
+    was_training = model.training
     model.eval()
+    try:
+        return _scores(model, tokens, batch_size, byte_lengths)
+    finally:
+        model.train(was_training)
+
+
+@torch.no_grad()
+def _scores(model, tokens: np.ndarray, batch_size: int, byte_lengths: np.ndarray | None) -> Scores:
     device = device_of(model)
     context = model.config.context
     n_windows = math.ceil((len(tokens) - 1) / context)
@@ -55,12 +70,30 @@ def evaluate(model, tokens: np.ndarray, batch_size: int = 64, byte_lengths: np.n
         losses = losses.double()  # summed in float64, so that both sums agree where every target has bytes
         total += losses.sum()
         of_text += losses[lengths[first : first + batch_size].flatten().to(device) > 0].sum()
-    model.train()
-    count = len(tokens) - 1
+    count = scored_tokens(tokens)
     if byte_lengths is None:
         return Scores(total.item() / count, count, None, None)
     n_bytes = int(lengths.sum())
     return Scores(total.item() / count, count, n_bytes, of_text.item() / math.log(2) / n_bytes if n_bytes else float("nan"))
+
+
+def evaluate_shared(model, tokens: np.ndarray, byte_lengths: np.ndarray, batch_size: int, world) -> tuple[float, float]:
+    """evaluate's loss and bits per byte, computed by the ranks of `world` (a distributed.World)
+    together: each scores a contiguous share of the windows (the windows one process reads), and
+    the sums are added. On one process, evaluate itself."""
+    if not world.distributed:
+        scores = evaluate(model, tokens, batch_size, byte_lengths)
+        return scores.loss, scores.bpb
+    context, device = model.config.context, device_of(model)
+    n_windows = math.ceil(scored_tokens(tokens) / context)
+    first, end = n_windows * world.rank // world.size, n_windows * (world.rank + 1) // world.size
+    share = slice(first * context, end * context + 1)  # the windows' inputs and their last target
+    sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, loss of the text's bytes in bits, bytes
+    if end > first:
+        s = evaluate(model, tokens[share], batch_size, byte_lengths[share])
+        sums += torch.tensor([s.loss * s.tokens, (s.bpb or 0.0) * s.bytes, s.bytes], dtype=torch.float64, device=device)
+    loss, bits, n_bytes = world.sum(sums).tolist()
+    return loss / scored_tokens(tokens), bits / n_bytes if n_bytes else float("nan")
 
 
 @torch.inference_mode()

@@ -40,6 +40,14 @@ def atomic_file(path) -> Iterator[Path]:
             os.unlink(tmp)
 
 
+def refuse_to_replace(path, force: bool) -> None:
+    """The one policy for an output the user names (`blu export --out`, as `blu train` treats a
+    run folder): a file that exists, or a folder that holds anything, is replaced only with --force."""
+    path = Path(path)
+    if not force and path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise BluError(f"{path} already exists: add --force to replace it, or choose another --out")
+
+
 def atomic_write(path, data: bytes) -> None:
     with atomic_file(path) as tmp:
         tmp.write_bytes(data)

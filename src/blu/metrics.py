@@ -7,8 +7,23 @@ from pathlib import Path
 from .files import atomic_write
 
 
+def parse_rows(lines) -> list[dict]:
+    """The rows of lines of metrics.jsonl: a line cut short by a kill, or being written right
+    now by a training process, is left out."""
+    rows = []
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
 class MetricsLog:
-    """metrics.jsonl (one JSON object per line, appended) and the loss.png drawn from it."""
+    """metrics.jsonl (one JSON object per line, appended) and the loss.png drawn from it. The
+    one reader of the file: the training loop's and the server's training view's."""
 
     def __init__(self, run_dir: Path):
         self.path = Path(run_dir) / "metrics.jsonl"
@@ -18,17 +33,15 @@ class MetricsLog:
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
 
-    def rows(self) -> list[dict]:
-        if not self.path.exists():
+    def lines(self) -> list[str]:
+        """The file's lines as they are (none before the first row is written)."""
+        try:
+            return self.path.read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
             return []
-        rows = []
-        with open(self.path, encoding="utf-8") as f:
-            for line in f:
-                try:
-                    rows.append(json.loads(line))
-                except ValueError:
-                    pass  # a line cut short by a kill
-        return rows
+
+    def rows(self) -> list[dict]:
+        return parse_rows(self.lines())
 
     def truncate_after(self, step: int) -> None:
         kept = [r for r in self.rows() if r.get("step", 0) <= step]

@@ -7,13 +7,13 @@ loading one to generate or evaluate. This module defines what config.json holds:
     model        the ModelConfig fields
     train        the TrainConfig fields (with the budget it was created with: a resume given a new
                  one uses it without writing it here)
-    data         where the text came from and which of it is validation (corpus.Corpus.record):
+    data         where the text came from and which of it is validation (data/split.py's Corpus.record):
                  path (absolute; null: tiny Shakespeare from the cache), a file's sha256 and chars,
                  or a corpus's files (path, bytes, sha256 each), so that a changed corpus is
                  refused; the split settings and the validation text's size and SHA-256; and
-                 tokens: the cache folder of its token shards (shards.py) and their counts
+                 tokens: the cache folder of its token shards (data/cache.py) and their counts
 
-tokenizer.json beside it holds the tokenizer (see tokenizer.py). The files themselves are
+tokenizer.json beside it holds the tokenizer (see tokenizers/). The files themselves are
 read and written by checkpoint.py."""
 
 from dataclasses import dataclass, field, fields, replace
@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from .checkpoint import clear_run, load_weights
-from .config import PRESETS, ModelConfig, TrainConfig, configs_for, from_dict, to_dict
+from .config import PRESETS, Budget, ModelConfig, TextSettings, TrainConfig, configs_for, from_dict, to_dict
 from .data.batches import TokenShards
 from .data.prepare import (
     choose_tokenizer,
@@ -36,7 +36,7 @@ from .data.prepare import (
     tokens_record,
     trained_corpus,
 )
-from .data.text import SHAKESPEARE_NAME, VAL_FRACTION, load_text
+from .data.text import SHAKESPEARE_NAME, load_text
 from .device import pick_device
 from .distributed import World
 from .errors import BluError
@@ -68,32 +68,29 @@ def holds_run(folder) -> bool:
     return (Path(folder) / "config.json").exists()
 
 
-def create_run(out=None, data=None, preset: str | None = None, overrides: dict | None = None,
-               iters: int | None = None, time_s: float | None = None, force: bool = False, device=None,
-               tokenizer: str | None = None, vocab_size: int | None = None, tokenizer_from=None,
-               val_fraction: float | None = None, val_data=None, ext: list[str] | None = None,
-               text_field: str | None = None, skip_bad_files: bool | None = None, log=say) -> Run:
-    """A new run in `out` (default runs/<name of the data>) on `data` (None: tiny Shakespeare; a
-    text file, or a folder, JSONL, Parquet or gzip corpus read by corpus.py with `ext`,
-    `text_field` and `skip_bad_files`): the configuration of `preset` (default: gpu on CUDA, cpu otherwise, by
-    `device`, default this machine's) with `overrides` (ModelConfig and TrainConfig field names;
-    None keeps the preset's value) and the budget `iters` steps or `time_s` seconds (neither: the
-    preset's steps). A folder that holds a run is refused unless `force`, which replaces it.
-    The tokenizer is a new one of kind `tokenizer` (bpe by default, of `vocab_size` tokens; char for tiny Shakespeare),
-    built from the training part of the text only, or the one in `tokenizer_from` (a run folder
-    or a tokenizer.json). A `val_fraction` of the text is for validation (see corpus.py), or all
-    of `val_data`. The text is tokenized into the cache folder, or read from there (shards.py);
-    `log` says what took long.
+def default_folder(text: TextSettings) -> Path:
+    """Where a run goes without --out: runs/<name of the data file or folder>."""
+    return Path("runs") / Path(text.data or SHAKESPEARE_NAME).stem
+
+
+def create_run(out=None, text: TextSettings | None = None, preset: str | None = None, overrides: dict | None = None,
+               budget: Budget | None = None, force: bool = False, device=None, log=say) -> Run:
+    """A new run in `out` (default: default_folder) on the text `text` names: the configuration
+    of `preset` (default: gpu on CUDA, cpu otherwise, by `device`, default this machine's) with
+    `overrides` (ModelConfig and TrainConfig field names; None keeps the preset's value) and
+    `budget` (neither steps nor time: the preset's steps). A folder that holds a run is refused
+    unless `force`, which replaces it. The tokenizer is built from the training part of the text
+    only, or read from --tokenizer-from; the text is tokenized into the cache folder, or read
+    from there (data/); `log` says what takes long.
     Writes config.json and tokenizer.json; nothing is written to the run folder if anything is wrong."""
-    _check_budget(iters, time_s)
-    overrides = overrides or {}
+    text, budget, overrides = text or TextSettings(), budget or Budget(), overrides or {}
+    budget.validate()
     settable = {f.name for f in fields(ModelConfig) + fields(TrainConfig)} - {"vocab_size", "iters", "time_s"}
     if unknown := sorted(set(overrides) - settable):
-        raise BluError(f"unknown settings: {', '.join(unknown)} (the budget is given as iters or time_s)")
-    val_fraction = VAL_FRACTION if val_fraction is None else val_fraction
+        raise BluError(f"unknown settings: {', '.join(unknown)} (the budget is given as a Budget)")
     seed = TrainConfig.seed if overrides.get("seed") is None else overrides["seed"]
-    corpus = open_corpus(data, val_data, val_fraction, seed, ext, text_field or "text", bool(skip_bad_files))
-    folder = Path(out or Path("runs") / corpus.train.root.stem)
+    corpus = open_corpus(text, seed)
+    folder = Path(out) if out else default_folder(text)
     if holds_run(folder) and not force:
         raise BluError(f"{folder} already holds a run: add --resume to continue it, --force to replace it, "
                        "or choose another --out")
@@ -102,8 +99,8 @@ def create_run(out=None, data=None, preset: str | None = None, overrides: dict |
     if preset not in PRESETS:
         raise BluError(f"preset must be one of {', '.join(sorted(PRESETS))}, got {preset!r}")
     cache, plan = split_corpus(corpus, log)
-    tokens_of = choose_tokenizer(corpus, cache, plan, tokenizer, vocab_size, tokenizer_from)
-    model_config, train_config = configs_for(preset, overrides, tokens_of.vocab_size, iters, time_s)
+    tokens_of = choose_tokenizer(corpus, cache, plan, text)
+    model_config, train_config = configs_for(preset, overrides, tokens_of.vocab_size, budget)
     prepared = tokens_for(corpus, cache, plan, tokens_of, model_config.context)
     record = {**corpus.record(cache.manifests, plan, prepared.index["validation"]), "tokens": tokens_record(prepared)}
     meta = {"blu_version": __version__, "format": FORMAT, "preset": preset, "tokenizer": tokens_of.kind,
@@ -116,26 +113,17 @@ def create_run(out=None, data=None, preset: str | None = None, overrides: dict |
                prepared.val_bytes, skipped=plan.skipped)
 
 
-def resume_run(out, iters: int | None = None, time_s: float | None = None, data=None, preset: str | None = None,
-               overrides: dict | None = None, force: bool = False, log=say, **text_settings) -> Run:
+def resume_run(out, budget: Budget | None = None, log=say) -> Run:
     """The run in `out`, to go on from its last saved state with the data and configuration it
-    was created with. `iters` and `time_s`, when either is given, replace its budget (a new total,
-    not more on top). Nothing else may change: `data`, `preset`, `overrides` (values other than
-    None), `force` and the tokenizer and split settings (`text_settings`), which `create_run`
-    takes, are refused here (the command line passes them on as the user gave them, so that the
-    error names each)."""
-    _check_budget(iters, time_s)
+    was created with; a `budget` with steps or time replaces its own (a new total, not more on top)."""
+    budget = budget or Budget()
+    budget.validate()
     if not out:
         raise BluError("--resume needs --out, the run folder to continue")
-    settings = {"data": data, "preset": preset, **(overrides or {}), **text_settings}
-    given = [name for name, value in settings.items() if value is not None]
-    if given or force:
-        flags = ", ".join("--" + name.replace("_", "-") for name in given + (["force"] if force else []))
-        raise BluError(f"--resume continues the run as it was configured; only --iters and --time may change (not {flags})")
     folder = Path(out)
     meta, model_config, train_config, tokenizer = load_config(folder)
-    if iters is not None or time_s is not None:  # a new budget replaces the saved one
-        train_config = replace(train_config, iters=iters or 0, time_s=time_s or 0.0)
+    if budget.given:
+        train_config = replace(train_config, iters=budget.iters or 0, time_s=budget.time_s or 0.0)
     train_config.validate()
     corpus, cache, plan = trained_corpus(meta, train_config.seed, log)
     prepared = tokens_for(corpus, cache, plan, tokenizer, model_config.context)
@@ -143,22 +131,21 @@ def resume_run(out, iters: int | None = None, time_s: float | None = None, data=
                prepared.val_bytes, resumed=True, skipped=plan.skipped)
 
 
-def open_run(world: World, resume: bool, out, iters, time_s, **settings) -> Run:
-    """The run to train (`settings` as runs.create_run takes them): created, or resumed with
-    `resume`, by rank 0 while the other ranks wait, then opened by them from the folder it
+def open_run(world: World, out, budget: Budget, resume: bool = False, **settings) -> Run:
+    """The run to train (`settings`: the rest of what runs.create_run takes): created, or resumed
+    with `resume`, by rank 0 while the other ranks wait, then opened by them from the folder it
     wrote, which every node must see. After torchrun restarted the group (a worker died), the
     same command line goes on from the last save: a run already in the folder is resumed."""
     def prepare() -> Run:
-        # The folder create_run would choose: --out, or runs/<name of the data file>.
-        folder = Path(out) if out else Path("runs") / Path(settings.get("data") or SHAKESPEARE_NAME).stem
+        folder = Path(out) if out else default_folder(settings.get("text") or TextSettings())
         if world.restarts and holds_run(folder):
-            return resume_run(folder, iters, time_s)
+            return resume_run(folder, budget)
         if resume:
-            return resume_run(out, iters, time_s, **{k: v for k, v in settings.items() if k != "device"})
-        return create_run(out, iters=iters, time_s=time_s, **settings)
+            return resume_run(out, budget)
+        return create_run(out, budget=budget, **settings)
 
     return world.prepared_by_main(prepare, lambda run: (str(run.folder), run.resumed),
-                                  lambda made: replace(resume_run(made[0], iters, time_s), resumed=made[1]))
+                                  lambda made: replace(resume_run(made[0], budget), resumed=made[1]))
 
 
 def load_config(folder) -> tuple[dict, ModelConfig, TrainConfig, Tokenizer]:
@@ -212,12 +199,3 @@ def file_text(path, tokenizer: Tokenizer) -> ScoredText:
     if len(tokens) < 2:
         raise BluError(f"{path} is too short to score: it needs at least 2 tokens")
     return ScoredText(tokens, tokenizer.byte_lengths(text, tokens), n_unknown)
-
-
-def _check_budget(iters, time_s) -> None:
-    if iters is not None and iters < 1:
-        raise BluError(f"--iters must be at least 1, got {iters}")
-    if time_s is not None and not time_s > 0:
-        raise BluError(f"duration must be positive, got {time_s!r}")
-
-

@@ -1,4 +1,4 @@
-"""The training loop: steps, budgets, faults, evaluations and saves, and the saved training state.
+"""The training loop: steps, budgets, faults, evaluations and saves (the state it saves: checkpoint.TrainState).
 
 Every random draw of a step comes from a generator that a resumed run gets back: the model's
 initial weights from one seeded with the run's seed, the batches from the sampler's generator
@@ -9,7 +9,6 @@ Under torchrun every rank runs this loop on its slice of each batch (see distrib
 decisions of each step are agreed, the evaluation is shared, and rank 0 alone writes and talks."""
 
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, fields
 import hashlib
 import math
 from pathlib import Path
@@ -21,13 +20,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .checkpoint import load_last, remove_temporaries, save_last, save_model
+from .checkpoint import TrainState, load_last, remove_temporaries, save_last, save_model
 from .config import ModelConfig
 from .data.batches import BatchSampler
-from .device import autocast_for
-from .distributed import Agreed, StopRequest, World
-from .errors import BluError
-from .evaluate import evaluate
+from .device import autocast_for, compile_for_training
+from .distributed import Agreed, SkipEvaluation, StopRequest, World
+from .evaluate import evaluate_shared, scored_tokens
 from .generate import TextGenerator
 from .metrics import MetricsLog
 from .model import Transformer
@@ -35,32 +33,6 @@ from .optim import learning_rate, make_optimizer
 from .runs import Run
 
 MAX_FAULTS_IN_A_ROW = 5  # non-finite steps tolerated in a row before training stops
-
-
-@dataclass
-class TrainState:
-    """How far a run has got: saved as JSON beside the weights in last/state.safetensors."""
-
-    step: int = 0  # optimizer steps taken
-    tokens: int = 0  # training tokens consumed
-    elapsed_s: float = 0.0  # wall-clock seconds of training and evaluation (compiling included)
-    best_val_loss: float | None = None  # the best validation loss so far: that of model.safetensors
-    skipped_steps: int = 0  # updates skipped for a non-finite loss or gradient
-    processes: int = 1  # how many processes trained it: each step took batch_size x processes x grad_accum sequences
-
-    @classmethod
-    def from_saved(cls, saved, path) -> "TrainState":
-        """The state saved in `path`. Fields it lacks keep their defaults; other keys (older blu
-        versions also saved loop variables, evaluated_step and faults_in_a_row) are ignored."""
-        if not isinstance(saved, dict):
-            raise BluError(f"{path} has no readable training state in its metadata")
-        values = {f.name: saved[f.name] for f in fields(cls) if f.name in saved}
-        for f in fields(cls):
-            value = values.get(f.name, f.default)
-            allowed = int if f.type is int else (int, float, type(None)) if f.default is None else (int, float)
-            if not isinstance(value, allowed) or isinstance(value, bool):
-                raise BluError(f"{path}: the saved training state has a bad {f.name} ({value!r})")
-        return cls(**values)
 
 
 class TrainResult(NamedTuple):
@@ -83,22 +55,6 @@ def dropout_seed(seed: int, step: int, rank: int = 0) -> int:
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little")
 
 
-def compile_for_training(model: Transformer, batch_shape, device: torch.device, log):
-    """torch.compile(model), compiled now on a dummy batch so that a machine where inductor
-    cannot work (no C++ compiler, say) is found out at once and trains without it, with a note.
-    With dropout, each mask is drawn outside the compiled graph (a graph break: the compiler
-    cannot draw from an explicit generator), so compiled and eager training draw the same masks."""
-    fast = torch.compile(model)
-    try:
-        with autocast_for(device):
-            fast(torch.zeros(batch_shape, dtype=torch.int64, device=device)).float().sum().backward()
-    except Exception as error:  # torch.compile raises many kinds; any of them means: not here
-        log(f"torch.compile does not work here ({type(error).__name__}: {str(error).splitlines()[0][:120]}); training without it")
-        fast = model
-    model.zero_grad(set_to_none=True)
-    return fast
-
-
 class Trainer:
     """A run being trained: its model, optimizer, batches and state, and the parts of a step
     and of an evaluation as methods. `train` runs the loop. Under torchrun there is one per
@@ -117,9 +73,10 @@ class Trainer:
             block.generator = self.dropout
         self.metrics = MetricsLog(self.folder)
         self.state = TrainState(processes=world.size)
-        self.stop = StopRequest()
-        self.started = time.perf_counter()  # moved back by the time a resumed run had already spent
+        self.stop = StopRequest(self.announce_stop, can_skip=not world.distributed)
+        self.started = time.perf_counter()  # see start_clock
         self.lr = 0.0
+        self.eval_s: float | None = None  # how long the last evaluation took
 
     def restore(self) -> bool:
         """Go on from the state saved in last/, if a previous start saved one (True then)."""
@@ -128,7 +85,7 @@ class Trainer:
         path = self.folder / "last" / "state.safetensors"
         saved = path.exists()
         if saved:
-            self.state = TrainState.from_saved(load_last(self.folder, self.model, self.optimizer, self.generators), path)
+            self.state = load_last(self.folder, self.model, self.optimizer, self.generators)
             self.log(f"resuming {self.folder} at step {self.state.step}")
             if self.state.processes != self.world.size:  # the data stays the run's; the batch per step changes
                 per_step = self.config.batch_size * self.config.grad_accum  # sequences per step and process
@@ -141,6 +98,17 @@ class Trainer:
         if self.world.main:
             self.metrics.truncate_after(self.state.step)  # rows a killed process logged after its last save
         return saved
+
+    def start_clock(self) -> None:
+        """The budget's clock starts now, before the first step (moved back by the time a resumed
+        run had already spent): reading, tokenizing and compiling are set-up, not training."""
+        self.started = time.perf_counter() - self.state.elapsed_s
+
+    def announce_stop(self, count: int) -> None:
+        """Said at once on a Ctrl-C (or SIGTERM): the first, then the second (see StopRequest)."""
+        again = "stop at once, keeping the last save" if self.world.distributed else "skip it"
+        self.log(f"stopping: saving and running the final evaluation (Ctrl-C again to {again})" if count == 1 else
+                 "skipping the final evaluation: saving the training state (Ctrl-C again to stop at once, keeping the last save)")
 
     def progress(self) -> float:
         """The spent fraction of the budget: of the steps, of the time, or the larger of the two."""
@@ -198,9 +166,23 @@ class Trainer:
 
     def evaluate_and_save(self) -> None:
         """Everything done at each evaluation: measure (every rank its share), then on rank 0
-        keep the best, sample, save, plot."""
-        val_loss, val_bpb = self.validate()
-        self.record({"val_loss": val_loss, "val_bpc": val_loss / math.log(2), "val_bpb": val_bpb})
+        keep the best, sample, save, plot. After a second Ctrl-C, the training state alone is saved."""
+        try:
+            if self.stop.skip_evaluation:
+                raise SkipEvaluation
+            start = time.perf_counter()
+            with self.stop.skippable():
+                val_loss, val_bpb = self.validate()
+            self.eval_s = time.perf_counter() - start
+        except SkipEvaluation:
+            self.state.evaluated = False  # a resumed run evaluates this step before it ends
+            if self.world.main:
+                save_last(self.folder, self.model, self.optimizer, self.generators, self.state)
+            self.log(f"step {self.state.step}: saved without evaluating")
+            return
+        self.state.evaluated = True
+        per_char = {"val_bpc": val_loss / math.log(2)} if self.run.tokenizer.kind == "char" else {}  # bits per token otherwise
+        self.record({"val_loss": val_loss, **per_char, "val_bpb": val_bpb})
         improved = self.state.best_val_loss is None or val_loss < self.state.best_val_loss
         if improved:
             self.state.best_val_loss = val_loss
@@ -208,28 +190,21 @@ class Trainer:
             if improved:  # model.safetensors holds the weights with the best validation loss so far
                 save_model(self.folder / "model.safetensors", self.model)
             self.write_sample(val_loss)
-            save_last(self.folder, self.model, self.optimizer, self.generators, asdict(self.state))  # for --resume
+            save_last(self.folder, self.model, self.optimizer, self.generators, self.state)  # for --resume
             self.metrics.plot()
         self.log(f"step {self.state.step}: val_loss {val_loss:.4f} (val_bpb {val_bpb:.3f}), {self.state.elapsed_s:.0f}s")
 
+    def announce_final_evaluation(self) -> None:
+        """Say what the wait after the last step is for, when long enough to wonder: the last
+        evaluation took 2 s or more, or there was none yet and the validation text is large."""
+        n = scored_tokens(self.run.val_tokens)
+        if (self.eval_s or 0) >= 2 or (self.eval_s is None and n >= 100_000):
+            took = f" (the last took {self.eval_s:.0f} s)" if self.eval_s else ""
+            self.log(f"step {self.state.step}: the final evaluation, on {n:,} validation tokens{took}")
+
     def validate(self) -> tuple[float, float]:
-        """The loss (nats per token) and bits per byte over the whole validation split. Under
-        torchrun each rank scores a contiguous share of its windows (the windows one process
-        reads) and the sums are added."""
-        tokens, lengths, batch_size = self.run.val_tokens, self.run.val_bytes, self.config.eval_batch_size
-        if not self.world.distributed:
-            scores = evaluate(self.model, tokens, batch_size, lengths)
-            return scores.loss, scores.bpb
-        context, world = self.run.model_config.context, self.world
-        n_windows = math.ceil((len(tokens) - 1) / context)
-        first, end = n_windows * world.rank // world.size, n_windows * (world.rank + 1) // world.size
-        share = slice(first * context, end * context + 1)  # the windows' inputs and their last target
-        sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss, loss of the text's bytes in bits, bytes
-        if end > first:
-            s = evaluate(self.model, tokens[share], batch_size, lengths[share])
-            sums += torch.tensor([s.loss * s.tokens, (s.bpb or 0.0) * s.bytes, s.bytes], dtype=torch.float64, device=self.device)
-        loss, bits, n_bytes = world.sum(sums).tolist()
-        return loss / (len(tokens) - 1), bits / n_bytes if n_bytes else float("nan")
+        """The loss (nats per token) and bits per byte over the whole validation split, shared by the ranks."""
+        return evaluate_shared(self.model, self.run.val_tokens, self.run.val_bytes, self.config.eval_batch_size, self.world)
 
     def write_sample(self, val_loss: float) -> None:
         """A sample of the current model, appended to samples.txt (same seed each time)."""
@@ -244,27 +219,30 @@ def train(run: Run, device: torch.device, log=None, world: World | None = None) 
     """Train `run` (from runs.create_run, runs.resume_run or, under torchrun, runs.open_run) until
     its step or time budget is spent, or Ctrl-C; return the final state and whether it was interrupted.
 
-    The step budget is `iters`, the time budget `time_s` (wall clock, evaluations included);
-    with both, whichever ends first. There is an evaluation every `eval_every` steps and at the end."""
+    The step budget is `iters`, the time budget `time_s` (wall clock from the first step,
+    evaluations included); with both, whichever ends first. There is an evaluation every
+    `eval_every` steps and at the end."""
     world = world or World()
     if not world.main:
         log = lambda message: None  # noqa: E731 - only rank 0 talks
     log = log or (lambda message: tqdm.write(message, file=sys.stderr))
     config = run.train_config
     trainer = Trainer(run, device, log, world)
-    # A saved state is always written by an evaluation, so the step it holds has had its own.
-    evaluated_step = trainer.state.step if run.resumed and trainer.restore() else None
+    # A saved state is written by an evaluation (so the step it holds has had its own), unless a
+    # second Ctrl-C skipped it.
+    evaluated_step = trainer.state.step if run.resumed and trainer.restore() and trainer.state.evaluated else None
     state = trainer.state
     by_steps = bool(config.iters) and not config.time_s  # otherwise the bar counts seconds
     bar_total = config.iters if by_steps else round(config.time_s)
     bar = tqdm(total=bar_total, unit="step" if by_steps else "s", file=sys.stderr, dynamic_ncols=True,
                disable=None if world.main else True)
-    trainer.started = time.perf_counter() - state.elapsed_s  # compiling counts against a --time budget
     # Training runs through `forward` (compiled or not, under DDP); evaluation, sampling and saving use the model.
     forward = trainer.model
     if config.compile:
+        log("compiling the model for training (torch.compile; the budget's clock starts after it)")
         forward = compile_for_training(trainer.model, (config.batch_size, run.model_config.context), device, log)
     forward = world.wrap(forward, device)
+    trainer.start_clock()
     last_log = (time.perf_counter(), state.tokens)
     faults_in_a_row = 0
     agreed_stop = False  # under torchrun: some rank was asked to stop, as the ranks agreed at the last step
@@ -284,7 +262,7 @@ def train(run: Run, device: torch.device, log=None, world: World | None = None) 
             faults_in_a_row = 0
             bar.n = state.step if by_steps else min(round(state.elapsed_s), bar_total)
             if state.step % config.log_every == 0:
-                train_loss = agreed.loss_sum.item() / config.grad_accum  # the only host sync, once per log_every steps
+                train_loss = agreed.loss_sum.item() / config.grad_accum  # reads the loss from the device: once per log
                 now = time.perf_counter()
                 tokens_per_s = (state.tokens - last_log[1]) / (now - last_log[0])
                 last_log = (now, state.tokens)
@@ -296,6 +274,8 @@ def train(run: Run, device: torch.device, log=None, world: World | None = None) 
                 evaluated_step = state.step
         bar.close()
         if evaluated_step != state.step:  # not already done, e.g. by Ctrl-C during an evaluation
+            if not trainer.stop.requested:  # Ctrl-C said what comes
+                trainer.announce_final_evaluation()
             trainer.evaluate_and_save()
     if faults_in_a_row >= MAX_FAULTS_IN_A_ROW:
         raise world.error(f"training diverged: {MAX_FAULTS_IN_A_ROW} steps in a row had a non-finite loss or gradient; "

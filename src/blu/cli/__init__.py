@@ -3,11 +3,12 @@
 Problems the user can fix print one line on stderr and exit with code 2.
 Generated text is the only thing written to stdout."""
 
+from dataclasses import fields
 import json
 import math
 import sys
 
-from ..config import ModelConfig, SamplingOptions, TrainConfig, knobs
+from ..config import Budget, ModelConfig, SamplingOptions, TextSettings, TrainConfig, knobs, with_overrides
 from ..errors import BluError, ReportedByRankZero
 from ..version import __version__
 from .parser import build_parser
@@ -19,9 +20,22 @@ def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def text_settings(args) -> TextSettings:
+    """The text flags of `blu train` or `blu prepare` (a flag not given keeps the default)."""
+    return with_overrides(TextSettings(), {f.name: getattr(args, f.name) for f in fields(TextSettings)})
+
+
+def configured_flags(args, overrides: dict) -> list[str]:
+    """The flags given that configure a new run (what --resume may not change), as typed."""
+    names = [f.name for f in fields(TextSettings)] + ["preset"]
+    given = [n for n in names if getattr(args, n) is not None] + [n for n, v in overrides.items() if v is not None]
+    return ["--" + name.replace("_", "-") for name in given + (["force"] if args.force else [])]
+
+
 def cmd_train(args) -> int:
     from ..device import pick_device
     from ..distributed import World
+    from ..evaluate import scored_tokens
     from ..runs import open_run
     from ..train import train
 
@@ -31,11 +45,12 @@ def cmd_train(args) -> int:
     except BluError as error:
         raise world.error(str(error)) from None  # the same on every rank
     overrides = {"seed": args.seed, **{f.name: getattr(args, f.name) for f in knobs(ModelConfig) + knobs(TrainConfig)}}
-    settings = dict(data=args.data, preset=args.preset, overrides=overrides, force=args.force, tokenizer=args.tokenizer,
-                    vocab_size=args.vocab_size, tokenizer_from=args.tokenizer_from, val_fraction=args.val_fraction,
-                    val_data=args.val_data, ext=args.ext, text_field=args.text_field, skip_bad_files=args.skip_bad_files)
+    if args.resume and (flags := configured_flags(args, overrides)):
+        raise world.error("--resume continues the run as it was configured; only --iters and --time may change "
+                          f"(not {', '.join(flags)})")
     with world.process_group(device):
-        run = open_run(world, args.resume, args.out, args.iters, args.time, device=device, **settings)
+        run = open_run(world, args.out, Budget(args.iters, args.time), args.resume, text=text_settings(args),
+                       preset=args.preset, overrides=overrides, force=args.force, device=device)
         model_config, train_config = run.model_config, run.train_config
         n_params = model_config.num_parameters()
         budget_text = " and ".join(filter(None, [f"{train_config.iters} steps" if train_config.iters else "",
@@ -45,19 +60,22 @@ def cmd_train(args) -> int:
             say(f"blu: left out {len(run.skipped)} bad files (--skip-bad-files): {'; '.join(run.skipped)}")
         if world.main:  # under torchrun, rank 0 alone talks
             say(f"blu {__version__}: {run.meta.get('preset', 'custom')} preset, {n_params / 1e6:.2f}M parameters, "
-                f"vocabulary {run.tokenizer.vocab_size}, {len(run.train_tokens):,} train / {len(run.val_tokens):,} "
+                f"vocabulary {run.tokenizer.vocab_size}, {len(run.train_tokens):,} train / {scored_tokens(run.val_tokens):,} "
                 f"validation tokens, {where}, budget {budget_text}, run folder {run.folder}")
         state, interrupted = train(run, device, world=world)
-    if world.main:
-        unit = "nats/char" if run.tokenizer.kind == "char" else "nats/token"
-        say(f"best val_loss {state.best_val_loss:.4f} {unit} ({state.best_val_loss / math.log(2):.3f} bits) "
-            f"after {state.step} steps, {state.elapsed_s:.0f} s; try: blu generate --run {run.folder}")
+    if world.main and state.best_val_loss is None:  # a second Ctrl-C skipped the only evaluation
+        say(f"no evaluation yet after {state.step} steps, {state.elapsed_s:.0f} s: resume the run to evaluate it")
+    elif world.main:
+        per_char = f" nats/char ({state.best_val_loss / math.log(2):.3f} bits)" if run.tokenizer.kind == "char" else " nats/token"
+        say(f"best val_loss {state.best_val_loss:.4f}{per_char} after {state.step} steps, {state.elapsed_s:.0f} s; "
+            f"try: blu generate --run {run.folder}")
     return 130 if interrupted else 0
 
 
 def cmd_prepare(args) -> int:
     from ..data.cache import list_cache, tokens_dir
     from ..data.prepare import prepare
+    from ..evaluate import scored_tokens
 
     if args.list:
         entries = list_cache()
@@ -69,9 +87,8 @@ def cmd_prepare(args) -> int:
         return 0
     if args.workers is not None and args.workers < 1:
         raise BluError(f"--workers must be at least 1, got {args.workers}")
-    prepared = prepare(args.data, args.val_data, args.val_fraction, args.seed, args.ext, args.text_field,
-                       args.skip_bad_files, args.tokenizer, args.vocab_size, args.tokenizer_from, args.workers, say)
-    say(f"{len(prepared.train):,} training and {len(prepared.val_tokens):,} validation tokens "
+    prepared = prepare(text_settings(args), TrainConfig.seed if args.seed is None else args.seed, args.workers, say)
+    say(f"{len(prepared.train):,} training and {scored_tokens(prepared.val_tokens):,} validation tokens "
         f"({prepared.index['tokenizer']} {prepared.index['vocab_size']}) in {prepared.folder}")
     return 0
 
@@ -177,14 +194,14 @@ def cmd_export(args) -> int:
     if args.format == "gguf":
         from ..export.gguf import export_gguf
 
-        out = export_gguf(args.run, args.out, args.dtype or "f32")
+        out = export_gguf(args.run, args.out, args.dtype or "f32", args.force)
         say(f"exported {args.run} to {out} ({out.stat().st_size:,} bytes; load it with llama.cpp or llama_cpp.Llama)")
         return 0
     from ..export import export_hf
 
     if args.dtype:
         raise BluError("--dtype is for --format gguf; the hf export keeps the weights in float32")
-    out = export_hf(args.run, args.out)
+    out = export_hf(args.run, args.out, args.force)
     say(f"exported {args.run} to {out} (load it with transformers.AutoModelForCausalLM.from_pretrained)")
     return 0
 

@@ -1,14 +1,27 @@
-"""The `blu` command's arguments: one subcommand each for train, generate, eval, serve and
-export, with the training and sampling flags generated from the configuration dataclasses."""
+"""The `blu` command's arguments: one subcommand each for train, prepare, generate, eval, serve
+and export, with the training, text and sampling flags generated from the configuration
+dataclasses and the server's from its settings' defaults."""
 
 import argparse
+from dataclasses import fields
 import os
+import re
 
-from ..config import DEFAULT_MAX_NEW_TOKENS, PRESETS, ModelConfig, SamplingOptions, TrainConfig, knobs, parse_duration
-from ..data.text import MAX_VALIDATION_CHARS, VAL_FRACTION
+from ..config import (
+    DEFAULT_MAX_NEW_TOKENS,
+    PRESETS,
+    ModelConfig,
+    SamplingOptions,
+    TextSettings,
+    TrainConfig,
+    knobs,
+)
+from ..device import DEVICES
 from ..errors import BluError
-from ..tokenizers import DEFAULT_BPE_VOCAB_SIZE, KINDS
+from ..serve.settings import ServerSettings
 from ..version import __version__
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([smh]?)\s*$")
 
 
 class Parser(argparse.ArgumentParser):
@@ -25,6 +38,17 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         if action.default is None or action.default is False or "default" in (action.help or ""):
             return action.help
         return super()._get_help_string(action)
+
+
+def parse_duration(text: str) -> float:
+    """'90', '90s', '10m', '1.5h' -> seconds (positive)."""
+    match = _DURATION.match(str(text))
+    if not match:
+        raise BluError(f"bad duration {text!r}: use seconds or a number with s, m or h (90, 90s, 10m, 1h)")
+    seconds = float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
+    if seconds <= 0:
+        raise BluError(f"duration must be positive, got {text!r}")
+    return seconds
 
 
 def _duration(text):
@@ -61,25 +85,20 @@ def _add_option_flags(parser, cls):
 
 
 def _add_text_flags(parser) -> None:
-    """What text a run reads and how it is tokenized: the flags blu train and blu prepare share."""
-    parser.add_argument("--data", help="a UTF-8 text file, or a folder, .jsonl, .parquet or .gz of them, to train on "
-                                       "(default: tiny Shakespeare, downloaded once)")
-    parser.add_argument("--val-data", help="validate on this text (file or corpus) instead of a share of --data")
-    parser.add_argument("--ext", action="append", metavar="SUFFIX",
-                        help="in a --data folder, read only files ending in SUFFIX (repeatable; default: every file)")
-    parser.add_argument("--text-field", help="the JSONL field or Parquet column holding the text (default: text)")
-    parser.add_argument("--skip-bad-files", action="store_true", default=None,
-                        help="leave out files that are not UTF-8 text (or bad JSONL/Parquet), listing them, "
-                             "instead of refusing the corpus")
-    parser.add_argument("--tokenizer", choices=KINDS,
-                        help="bpe: a byte-level BPE trained on the training text (default with --data); char: one "
-                             "token per character (default for tiny Shakespeare); byte: the 256 UTF-8 bytes")
-    parser.add_argument("--vocab-size", type=int, help=f"tokens in a bpe vocabulary (default {DEFAULT_BPE_VOCAB_SIZE})")
-    parser.add_argument("--tokenizer-from", metavar="RUN_OR_FILE", help="reuse the tokenizer of a run folder or a tokenizer.json")
-    parser.add_argument("--val-fraction", type=float,
-                        help=f"share of the text held out for validation (default {VAL_FRACTION}, at most "
-                             f"{MAX_VALIDATION_CHARS:,} characters)")
-    parser.add_argument("--seed", type=int, help="random seed for the split, initialisation and batches (default 1337)")
+    """A flag for each TextSettings field: the flags blu train and blu prepare share. Each
+    defaults to None, so that --resume can tell which were given; the help says the default."""
+    for f in fields(TextSettings):
+        flag, meta = "--" + f.name.replace("_", "-"), f.metadata
+        plain = f.default is not None and meta["type"] is not bool
+        help_text = f"{meta['help']} (default: {f.default})" if plain else meta["help"]
+        if meta["type"] is bool:
+            parser.add_argument(flag, action="store_true", default=None, help=help_text)
+        elif meta["repeatable"]:
+            parser.add_argument(flag, action="append", metavar=meta["metavar"], help=help_text)
+        else:
+            parser.add_argument(flag, type=meta["type"], choices=meta["choices"], metavar=meta["metavar"], help=help_text)
+    parser.add_argument("--seed", type=int,
+                        help=f"random seed for the split, initialisation and batches (default {TrainConfig.seed})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,10 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_text_flags(train)
     train.add_argument("--out", help="run folder (default: runs/<name of the data file>)")
     train.add_argument("--preset", choices=sorted(PRESETS), help="configuration (default: gpu on CUDA, cpu otherwise)")
-    train.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
+    train.add_argument("--device", default="auto", choices=DEVICES,
                        help="auto = CUDA (bf16), then MPS, then CPU")
     train.add_argument("--iters", type=int, help="optimizer steps (default: the preset's, when --time is not given)")
-    train.add_argument("--time", type=_duration, help="wall-clock budget: seconds or 90s, 10m, 1h")
+    train.add_argument("--time", type=_duration, help="training budget: seconds or 90s, 10m, 1h, from the first step "
+                       "(reading, tokenizing and compiling are not counted; evaluations during training are)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its last saved state")
     train.add_argument("--force", action="store_true", help="replace a run already in --out")
     _add_config_flags(train, ModelConfig, "model")
@@ -120,30 +140,37 @@ def build_parser() -> argparse.ArgumentParser:
                      help="stop before this text (repeatable; the stop text is not printed)")
     gen.add_argument("--num-samples", type=int, default=1, help="continuations per prompt, generated as one batch")
     gen.add_argument("--seed", type=int, help="same seed, same text (default: random)")
-    gen.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"], help="where to run the model")
+    gen.add_argument("--device", default="cpu", choices=DEVICES, help="where to run the model")
 
-    ev = commands.add_parser("eval", help="validation loss and bits per character", formatter_class=fmt)
+    ev = commands.add_parser("eval", help="validation loss and bits per byte (and per character for char runs)",
+                             formatter_class=fmt,
+                             description="Score a run on its validation text (or --data): the loss in nats per token, "
+                                         "bits per byte (comparable across tokenizers) and, for a char run, bits per "
+                                         "character.")
     ev.add_argument("--run", required=True, help="run folder")
     ev.add_argument("--data", help="score this text file instead of the run's validation split")
     ev.add_argument("--json", action="store_true", help="print one JSON object")
     ev.add_argument("--stream", action="store_true",
                     help="loss by position through the generation path, up to 8x the context")
-    ev.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="where to run the model")
+    ev.add_argument("--device", default="auto", choices=DEVICES, help="where to run the model")
 
     srv = commands.add_parser("serve", help="OpenAI-compatible API, playground page and live training view",
                               formatter_class=fmt)
     srv.add_argument("--run", required=True, help="run folder (may be training: newer weights are picked up)")
-    srv.add_argument("--host", default="127.0.0.1", help="address to listen on (anything else than loopback wants --api-key)")
-    srv.add_argument("--port", type=int, default=8000, help="port to listen on")
+    srv.add_argument("--host", default=ServerSettings.host,
+                     help="address to listen on (anything else than loopback wants --api-key)")
+    srv.add_argument("--port", type=int, default=ServerSettings.port, help="port to listen on")
     srv.add_argument("--api-key", default=os.environ.get("BLU_API_KEY"),
                      help="require Authorization: Bearer KEY on /v1 and /api (default: $BLU_API_KEY, or none)")
     srv.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                      help="let web pages from ORIGIN call the API (repeatable; default: none)")
     srv.add_argument("--chat-template", metavar="FILE", help="chat template: text with {role} and {content} "
                      "(default: '{role}: {content}\\n' per message, then 'assistant: ')")
-    srv.add_argument("--max-batch", type=int, default=64, help="choices decoded together; more requests wait")
-    srv.add_argument("--max-queue", type=int, default=256, help="requests waiting; beyond it, 503 with Retry-After")
-    srv.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"], help="where to run the model")
+    srv.add_argument("--max-batch", type=int, default=ServerSettings.max_batch,
+                     help="choices decoded together; more requests wait")
+    srv.add_argument("--max-queue", type=int, default=ServerSettings.max_queue,
+                     help="requests waiting; beyond it, 503 with Retry-After")
+    srv.add_argument("--device", default=ServerSettings.device, choices=DEVICES, help="where to run the model")
 
     exp = commands.add_parser("export", help="export a run for other tools", formatter_class=fmt)
     exp.add_argument("--run", required=True, help="run folder")
@@ -152,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--out", required=True, help="folder (hf) or .gguf file (gguf) to write")
     exp.add_argument("--dtype", choices=["f32", "f16", "bf16", "q8_0"],
                      help="gguf only: how the weight matrices are stored (default: f32; q8_0 needs rows of a multiple of 32)")
+    exp.add_argument("--force", action="store_true", help="replace what --out already holds")
     return parser
 
 

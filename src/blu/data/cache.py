@@ -30,6 +30,7 @@ import time
 
 import numpy as np
 
+from ..config import DEFAULT_BPE_VOCAB_SIZE
 from ..errors import BluError
 from ..files import atomic_write, cache_dir, read_json, write_json
 from ..tokenizers import Tokenizer, tokenizer_from_json
@@ -93,22 +94,29 @@ class CorpusCache:
             saved = read_json(path) if path.exists() else None
             if isinstance(saved, dict) and saved.get("format") == PLAN_FORMAT and saved.get("for") == self.material:
                 return Plan(**saved["plan"])
+            size = sum(f["bytes"] for files in self.manifests for f in files)
+            if size >= QUIET_BELOW:
+                self.log(f"blu: reading {size / 1e6:,.1f} MB in {sum(map(len, self.manifests)):,} files to split training "
+                         "from validation text (once: the cache keeps the split)")
             start = time.perf_counter()
             plan = self.corpus.scan()
             seconds = time.perf_counter() - start
             write_json(path, {"format": PLAN_FORMAT, "for": self.material, "plan": plan.__dict__, "scan_s": round(seconds, 3)})
-            if plan.text_bytes >= QUIET_BELOW:
+            if size >= QUIET_BELOW:
                 self.log(f"blu: read {sum(plan.documents):,} documents, {plan.text_bytes / 1e6:,.1f} MB of text, "
                          f"in {seconds:.1f} s")
             return plan
 
-    def tokenizer(self, kind: str, vocab_size: int | None, build) -> Tokenizer:
-        """The tokenizer `build()` makes from this corpus, kept for the next run on it (building
-        is deterministic: the same corpus and settings give the same file)."""
+    def tokenizer(self, kind: str, vocab_size: int | None, build, text_bytes: int = 0) -> Tokenizer:
+        """The tokenizer `build()` makes from this corpus (of `text_bytes` of text), kept for the
+        next run on it (building is deterministic: the same corpus and settings give the same file)."""
         path = self.folder / f"tokenizer-{kind}-{vocab_size or 0}-{MAX_TRAINING_CHARS}.json"
         with self.locked():
             if path.exists():
                 return tokenizer_from_json(path.read_text(encoding="utf-8"))
+            if kind == "bpe" and text_bytes >= QUIET_BELOW:
+                self.log(f"blu: building a bpe tokenizer of {vocab_size or DEFAULT_BPE_VOCAB_SIZE:,} tokens from the "
+                         "training text (once: the cache keeps it)")
             start = time.perf_counter()
             # A BPE is trained in a child process: what that allocates (most of a GB on a large corpus)
             # leaves with it, instead of staying in this process and in the workers it forks to tokenize.

@@ -24,7 +24,9 @@ from .split import Corpus, Plan
 
 FORMAT = 1  # of index.json and the files beside it
 UNIT_CHARS = 4 << 20  # text a worker encodes at a time, into a shard file of its own
-QUIET_BELOW = 16 << 20  # what reading and tokenizing a corpus took is said from this size of text on
+# From this size of text on (about a second's work on a 2-core CPU), reading, building a BPE and
+# tokenizing are each said as they start and when they end, so that set-up is never long and silent.
+QUIET_BELOW = 4 << 20
 FULL_DISK = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
@@ -32,6 +34,8 @@ def build_shards(corpus: Corpus, plan: Plan, tokenizer: Tokenizer, target: Path,
     for leftover in target.parent.glob(f"{target.name}.tmp-*"):  # from a preparation that was killed
         shutil.rmtree(leftover, ignore_errors=True)
     temporary = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+    if plan.text_bytes >= QUIET_BELOW:
+        log(f"blu: tokenizing {plan.text_bytes / 1e6:,.1f} MB of text ({_processes(workers)}; once: the cache keeps the tokens)")
     start = time.perf_counter()
     try:
         temporary.mkdir()
@@ -76,8 +80,12 @@ def build_shards(corpus: Corpus, plan: Plan, tokenizer: Tokenizer, target: Path,
         shutil.rmtree(temporary, ignore_errors=True)
     if plan.text_bytes >= QUIET_BELOW:
         log(f"blu: tokenized {plan.text_bytes / 1e6:,.1f} MB in {seconds:.1f} s ({plan.text_bytes / 1e6 / max(seconds, 1e-9):.1f}"
-            f" MB/s, {workers} processes): {train_tokens:,} training tokens in {len(shards)} shard files, "
+            f" MB/s, {_processes(workers)}): {train_tokens:,} training tokens in {len(shards)} shard files, "
             f"{len(val_tokens):,} validation tokens, cached in {target}")
+
+
+def _processes(workers: int) -> str:
+    return f"{workers} process{'es' if workers > 1 else ''}"
 
 
 def _shard_name(number: int) -> str:

@@ -6,61 +6,52 @@ import math
 from pathlib import Path
 import sys
 
-from ..config import TrainConfig
+from ..config import TextSettings
 from ..errors import BluError
-from ..tokenizers import (
-    DEFAULT_KIND,
-    DEFAULT_KIND_SHAKESPEARE,
-    Tokenizer,
-    build_tokenizer,
-    check_tokenizer_settings,
-    tokenizer_from_json,
-)
+from ..tokenizers import Tokenizer, build_tokenizer, check_tokenizer_settings, tokenizer_from_json
 from ..tokenizers.bytelevel import MAX_TRAINING_CHARS
 from .cache import CorpusCache, Prepared, tokens_dir
 from .sources import Source
 from .split import Corpus, check_unchanged
-from .text import VAL_FRACTION, split_point
+from .text import split_point
 
 
 def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def open_corpus(data, val_data, fraction: float, seed: int, ext=None, text_field: str = "text",
-                skip_bad: bool = False) -> Corpus:
-    """The corpus of --data (None: tiny Shakespeare) and --val-data, its files listed."""
+def open_corpus(text: TextSettings, seed: int) -> Corpus:
+    """The corpus of --data (None: tiny Shakespeare) and --val-data, its files listed, once the
+    settings are checked."""
+    text.validate()
+    if text.tokenizer_from is None:
+        check_tokenizer_settings(text.tokenizer_kind(), text.vocab_size)
+
     def source(path):
-        return Source(Path(path) if path is not None else None, ext, text_field, skip_bad)
+        return Source(Path(path) if path is not None else None, text.ext, text.text_field, text.skip_bad_files)
 
-    return Corpus(source(data), source(val_data) if val_data is not None else None, fraction, seed)
+    return Corpus(source(text.data), source(text.val_data) if text.val_data is not None else None, text.val_fraction, seed)
 
 
-def choose_tokenizer(corpus: Corpus, cache: CorpusCache, plan, kind: str | None, vocab_size: int | None,
-                     tokenizer_from=None) -> Tokenizer:
-    """The tokenizer in `tokenizer_from` (a run folder or a tokenizer.json), or a new one of
-    `kind` (default: bpe, or char for tiny Shakespeare) built from the corpus's training text only and kept in its cache."""
-    if tokenizer_from is not None:
-        if kind is not None or vocab_size is not None:
-            raise BluError("--tokenizer-from reuses a tokenizer: give it without --tokenizer or --vocab-size")
-        return read_tokenizer(tokenizer_from)
-    kind = kind or (DEFAULT_KIND if corpus.train.path is not None else DEFAULT_KIND_SHAKESPEARE)
-    check_tokenizer_settings(kind, vocab_size)  # before any reading
+def choose_tokenizer(corpus: Corpus, cache: CorpusCache, plan, text: TextSettings) -> Tokenizer:
+    """The tokenizer in --tokenizer-from (a run folder or a tokenizer.json), or a new one of the
+    settings' kind built from the corpus's training text only and kept in its cache."""
+    if text.tokenizer_from is not None:
+        return read_tokenizer(text.tokenizer_from)
+    kind, vocab_size = text.tokenizer_kind(), text.vocab_size
     # A BPE learns from at most MAX_TRAINING_CHARS of the text: every n-th piece, spread over the corpus.
     stride = max(1, math.ceil(plan.chars[0] / MAX_TRAINING_CHARS)) if kind == "bpe" else 1
     return cache.tokenizer(kind, vocab_size, lambda: build_tokenizer(
-        kind, (p.text for i, p in enumerate(corpus.pieces(plan, validation=False)) if i % stride == 0), vocab_size))
+        kind, (p.text for i, p in enumerate(corpus.pieces(plan, validation=False)) if i % stride == 0), vocab_size),
+        plan.text_bytes)
 
 
-def prepare(data=None, val_data=None, val_fraction: float | None = None, seed: int | None = None, ext=None,
-            text_field: str | None = None, skip_bad_files: bool | None = None, tokenizer: str | None = None,
-            vocab_size: int | None = None, tokenizer_from=None, workers: int | None = None, log=None) -> Prepared:
-    """The token shards `blu train` with these settings would read, built now if they are not
-    in the cache (`blu prepare`)."""
-    corpus = open_corpus(data, val_data, VAL_FRACTION if val_fraction is None else val_fraction,
-                         TrainConfig.seed if seed is None else seed, ext, text_field or "text", bool(skip_bad_files))
-    cache, plan = split_corpus(corpus, log or say)
-    return cache.tokens(plan, choose_tokenizer(corpus, cache, plan, tokenizer, vocab_size, tokenizer_from), workers)
+def prepare(text: TextSettings, seed: int, workers: int | None = None, log=say) -> Prepared:
+    """The token shards `blu train` with these settings and `seed` (the run's: it chooses the
+    split) would read, built now if they are not in the cache (`blu prepare`)."""
+    corpus = open_corpus(text, seed)
+    cache, plan = split_corpus(corpus, log)
+    return cache.tokens(plan, choose_tokenizer(corpus, cache, plan, text), workers)
 
 
 def split_corpus(corpus: Corpus, log, record: dict | None = None) -> tuple[CorpusCache, object]:
@@ -109,11 +100,13 @@ def trained_corpus(meta: dict, seed: int, log) -> tuple[Corpus, CorpusCache, obj
     data = meta.get("data")
     if not (isinstance(data, dict) and isinstance(data.get("path"), (str, type(None)))):
         raise BluError("config.json does not say which text the run was trained on (its data section is missing or damaged)")
-    fraction = data.get("val_fraction", VAL_FRACTION)  # runs from before it was a choice: 10%
+    fraction = data.get("val_fraction", 0.1)  # runs from before it was a choice held out 10%
     if not isinstance(fraction, float):
         raise BluError("config.json: data.val_fraction should be a number")
     explicit = data.get("kind") == "explicit validation"
     source = data["train"] if explicit else data
-    corpus = open_corpus(source["path"], data["validation"]["path"] if explicit else None, fraction, seed,
-                         source.get("ext"), source.get("text_field", "text"), source.get("skip_bad_files", False))
+    text = TextSettings(data=source["path"], val_data=data["validation"]["path"] if explicit else None, val_fraction=fraction,
+                        ext=source.get("ext"), text_field=source.get("text_field", "text"),
+                        skip_bad_files=source.get("skip_bad_files", False))
+    corpus = open_corpus(text, seed)
     return (corpus, *split_corpus(corpus, log, data))

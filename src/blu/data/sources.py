@@ -175,15 +175,3 @@ def _parquet_documents(file: Path, text_field: str) -> Iterator[str]:
             yield from (d for d in table.read_row_group(group, columns=[text_field]).column(0).to_pylist() if d)
     except (pyarrow.ArrowException, OSError) as error:
         raise BluError(f"{file} is not a readable Parquet file ({str(error).splitlines()[0][:120]})") from None
-
-
-def read_documents(path, ext=None, text_field: str = "text") -> list[str]:
-    """Every document below `path`, whole, in order: all of them in memory, for tests."""
-    source, documents, current = Source(Path(path), ext, text_field), [], []
-    for file in source.files:
-        for piece, last in source.read(file):
-            current.append(piece)
-            if last:
-                documents.append("".join(current))
-                current = []
-    return documents

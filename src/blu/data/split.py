@@ -11,9 +11,10 @@ from dataclasses import dataclass
 import hashlib
 from typing import Iterator, NamedTuple
 
+from ..config import MAX_VALIDATION_CHARS
 from ..errors import BluError
 from .sources import Source
-from .text import MAX_VALIDATION_CHARS, split_point
+from .text import split_point
 
 
 class Piece(NamedTuple):
@@ -22,11 +23,6 @@ class Piece(NamedTuple):
     text: str
     validation: bool  # part of the validation text
     ends: bool  # an end-of-text token follows it (it ends a document of a corpus, or the validation text)
-
-
-def validation_score(document: str, seed: int) -> float:
-    """A number in [0, 1) fixed by the document and the seed alone."""
-    return _score(_score_hash(seed, document))
 
 
 def _score_hash(seed: int, text: str = ""):
@@ -54,12 +50,6 @@ def choose_validation(scores, sizes, fraction: float) -> list[int]:
         kept.append(index)
         size += sizes[index]
     return sorted(kept)
-
-
-def split_documents(documents: list[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
-    """Training and validation documents of a list held in memory (see choose_validation)."""
-    kept = set(choose_validation([validation_score(d, seed) for d in documents], [len(d) for d in documents], fraction))
-    return [d for i, d in enumerate(documents) if i not in kept], [d for i, d in enumerate(documents) if i in kept]
 
 
 @dataclass

@@ -4,19 +4,16 @@ and validation (the split point)."""
 
 import hashlib
 import io
-import itertools
 from pathlib import Path
 import urllib.request
 
+from ..config import MAX_VALIDATION_CHARS
 from ..errors import BluError
 from ..files import atomic_write, cache_dir
 
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
 SHAKESPEARE_NAME = "tinyshakespeare.txt"
-VAL_FRACTION = 0.1
-# Evaluating the whole validation text at every evaluation must stay a small share of training.
-MAX_VALIDATION_CHARS = 4_000_000
 
 
 def sha256_of(data: bytes) -> str:
@@ -88,7 +85,7 @@ def not_utf8(path, byte: int, offset: int) -> BluError:
     return BluError(f"{path} is not UTF-8: invalid byte 0x{byte:02x} at offset {offset}")
 
 
-def split_point(n: int, context: int, name: str = "the corpus", fraction: float = VAL_FRACTION) -> int:
+def split_point(n: int, context: int, name: str, fraction: float) -> int:
     """Where a text of `n` characters (or tokens) is cut in two: the final `fraction` of it, at
     most MAX_VALIDATION_CHARS, for validation and the rest for training; refusing texts too
     short to train on. Cutting the text, not its tokens, scores the same text whatever the
@@ -103,18 +100,23 @@ def split_point(n: int, context: int, name: str = "the corpus", fraction: float 
         return validation_size(n) >= 2 and n - validation_size(n) >= context + 1
 
     if not fits(n):
-        need = next(m for m in itertools.count(context + 1) if fits(m))
         raise BluError(
-            f"{name} is too short: {n} characters; a context of {context} needs at least {need}"
+            f"{name} is too short: {n} characters; a context of {context} needs at least {_shortest(fits, context + 1)}"
             f" (a training window plus a {fraction:.0%} validation split)"
         )
     return n - validation_size(n)
 
 
-def split(text, context: int, name: str = "the corpus", fraction: float = VAL_FRACTION):
-    """The text (a str or an array) cut at its split_point: (training part, validation part)."""
-    cut = split_point(len(text), context, name, fraction)
-    return text[:cut], text[cut:]
+def _shortest(fits, low: int) -> int:
+    """The least n >= `low` for which `fits(n)`, a test that stays true once true (both sizes in
+    split_point grow with n): found by doubling then halving, at once even for a tiny fraction."""
+    high = low
+    while not fits(high):
+        low, high = high + 1, high * 2
+    while low < high:
+        middle = (low + high) // 2
+        low, high = (low, middle) if fits(middle) else (middle + 1, high)
+    return low
 
 
 def load_text(path=None, expected_sha256: str | None = None) -> tuple[str, Path]:

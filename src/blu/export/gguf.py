@@ -19,7 +19,7 @@ import torch
 
 from ..checkpoint import model_tensors
 from ..errors import BluError
-from ..files import atomic_file
+from ..files import atomic_file, refuse_to_replace
 from ..runs import load_run
 from .gguf_vocab import gguf_vocab
 from .hf import hf_state_dict
@@ -136,12 +136,14 @@ def write_gguf(path: Path, name: str, model, tokenizer, dtype: str = "f32") -> N
     writer.close()
 
 
-def export_gguf(run_dir, out, dtype: str = "f32") -> Path:
+def export_gguf(run_dir, out, dtype: str = "f32", force: bool = False) -> Path:
     """Write `out`, a GGUF of the run's best weights and its tokenizer; return its path.
-    Everything is checked before the file is written, which happens atomically."""
+    Everything is checked before the file is written, which happens atomically; a file already
+    there is refused unless `force`."""
     out = Path(out)
     if out.is_dir():
         raise BluError(f"--out {out} is a folder; give the path of the .gguf file to write")
+    refuse_to_replace(out, force)
     _, model, tokenizer = load_run(run_dir)
     with atomic_file(out) as tmp:
         write_gguf(tmp, Path(run_dir).resolve().name, model, tokenizer, dtype)

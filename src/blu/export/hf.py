@@ -1,9 +1,11 @@
 """Export a run to a Hugging Face transformers folder (LlamaForCausalLM).
 
-blu's model is Llama by construction, so the weights only change names. The
-tokenizer becomes a `tokenizers` BPE model with no merges (so every character
-is one token), no pre-tokenizer and a Fuse decoder (so decoding joins the
-characters without inserting spaces), written as plain JSON.
+blu's model is Llama by construction, so the weights only change names. The tokenizer of a
+byte or bpe run is already a `tokenizers` byte-level BPE file and is written as it is, with
+its end-of-text token as the end-of-sequence token. A char run's becomes a `tokenizers` BPE
+model with no merges (so every character is one token, <unk> the unknown one), no
+pre-tokenizer and a Fuse decoder (so decoding joins the characters without inserting spaces),
+written as plain JSON.
 """
 
 import json
@@ -14,7 +16,7 @@ from safetensors.torch import save as safetensors_bytes
 
 from ..checkpoint import model_tensors
 from ..errors import BluError
-from ..files import atomic_write
+from ..files import atomic_write, refuse_to_replace
 from ..model import fused_rows
 from ..runs import load_run
 from ..tokenizers import UNK
@@ -111,11 +113,13 @@ def to_transformers(model):
     return hf.eval()
 
 
-def export_hf(run_dir, out_dir) -> Path:
-    """Write a folder that AutoModelForCausalLM and AutoTokenizer load; return its path."""
+def export_hf(run_dir, out_dir, force: bool = False) -> Path:
+    """Write a folder that AutoModelForCausalLM and AutoTokenizer load; return its path. A folder
+    that already holds files is refused unless `force`."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise BluError(f"--out {out_dir} is a file, not a folder")
+    refuse_to_replace(out_dir, force)
     _, model, tokenizer = load_run(run_dir)
     weights = hf_state_dict(model_tensors(model), model.config)
     atomic_write(out_dir / "model.safetensors", safetensors_bytes(weights, metadata={"format": "pt"}))

@@ -6,6 +6,8 @@ from pathlib import Path
 import re
 import time
 
+from ..metrics import MetricsLog, parse_rows
+
 SAMPLE_HEADER = re.compile(r"^--- step (\d+), val_loss ([0-9.naif]+) ---$", re.MULTILINE)
 MIN_LIVE_S = 10  # a run whose metrics.jsonl was written this recently is taken to be training (see progress)
 MAX_SAMPLES = 30
@@ -14,18 +16,14 @@ MAX_SAMPLES = 30
 class TrainingView:
     def __init__(self, folder):
         self.folder = Path(folder)
+        self.metrics = MetricsLog(self.folder)
 
     def read(self, since: int = 0) -> dict:
         """metrics.jsonl rows from line `since` on (all of them again, with reset, if the file
         got shorter, as a resume truncates it), the latest samples, and the progress."""
-        lines = self._lines("metrics.jsonl")
+        lines = self.metrics.lines()
         reset = since > len(lines)
-        rows = []
-        for line in lines[0 if reset else since :]:
-            try:
-                rows.append(json.loads(line))
-            except ValueError:
-                pass  # a line being written right now, or cut short by a kill
+        rows = parse_rows(lines[0 if reset else since :])
         return {"rows": rows, "next": len(lines), "reset": reset, "samples": self.samples(), "progress": self.progress(lines)}
 
     def samples(self) -> list[dict]:
@@ -45,7 +43,7 @@ class TrainingView:
         once past it: a resume may have been given a new budget, which config.json does not
         hold), and whether it is training now: metrics.jsonl written within three of its usual
         intervals between rows (at least 10 s), so that a finished run stops counting as live."""
-        recent = [r for r in (self._row(line) for line in lines[-50:]) if r and "elapsed_s" in r]
+        recent = [r for r in parse_rows(lines[-50:]) if "elapsed_s" in r]
         train = [r for r in recent if "train_loss" in r]
         budget = self._budget()
         out = {"step": None, "tokens_per_s": None, "time_left_s": None, "training": False, **budget}
@@ -62,7 +60,7 @@ class TrainingView:
             left.append((budget["iters"] - last["step"]) * elapsed / last["step"])
         out["time_left_s"] = min(left) if left else None
         interval = (recent[-1]["elapsed_s"] - recent[0]["elapsed_s"]) / max(1, len(recent) - 1)
-        modified = (self.folder / "metrics.jsonl").stat().st_mtime
+        modified = self.metrics.path.stat().st_mtime
         out["training"] = time.time() - modified < max(MIN_LIVE_S, 3 * interval)
         return out
 
@@ -72,16 +70,3 @@ class TrainingView:
         except (OSError, ValueError):
             train = {}
         return {"iters": train.get("iters") or 0, "time_s": train.get("time_s") or 0}
-
-    def _lines(self, name: str) -> list[str]:
-        try:
-            return (self.folder / name).read_text(encoding="utf-8").splitlines()
-        except FileNotFoundError:
-            return []
-
-    @staticmethod
-    def _row(line: str) -> dict | None:
-        try:
-            return json.loads(line)
-        except ValueError:
-            return None

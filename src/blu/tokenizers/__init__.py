@@ -9,29 +9,20 @@ This file builds a new tokenizer of a kind, or reads the one a tokenizer.json ho
 
 import json
 
+from ..config import DEFAULT_BPE_VOCAB_SIZE, TOKENIZER_KINDS
 from ..errors import BluError
 from .base import StreamDecoder, Tokenizer
 from .bytelevel import ByteLevelTokenizer, byte_tokenizer, from_native_json, train_bpe
 from .char import UNK, CharTokenizer
 
-__all__ = ["KINDS", "UNK", "ByteLevelTokenizer", "CharTokenizer", "StreamDecoder", "Tokenizer", "build_tokenizer",
+__all__ = ["UNK", "ByteLevelTokenizer", "CharTokenizer", "StreamDecoder", "Tokenizer", "build_tokenizer",
            "check_tokenizer_settings", "tokenizer_from_json"]
-
-KINDS = ("char", "byte", "bpe")
-# The defaults come from BENCHMARKS.md ("Tokenizers on tiny Shakespeare"). In 150 s on a 2-core
-# CPU, BPE of 512 or 1,024 tokens reaches 2.15 bits per byte where char and byte reach 2.27 and
-# 4,096 reaches 2.20; 1,024 ties 512 and packs 20% more text per token: bpe for --data. But in the
-# 2,000 steps of a plain `blu train`, BPE makes 20 passes over tiny Shakespeare's 411K tokens and
-# overfits (best 2.22 at step 400) where char goes on to 2.15: char for tiny Shakespeare.
-DEFAULT_KIND = "bpe"
-DEFAULT_KIND_SHAKESPEARE = "char"
-DEFAULT_BPE_VOCAB_SIZE = 1024
 
 
 def check_tokenizer_settings(kind: str, vocab_size: int | None) -> None:
     """Refuse a kind or vocabulary size build_tokenizer cannot make, before any text is read."""
-    if kind not in KINDS:
-        raise BluError(f"tokenizer must be one of {', '.join(KINDS)}, got {kind!r}")
+    if kind not in TOKENIZER_KINDS:
+        raise BluError(f"tokenizer must be one of {', '.join(TOKENIZER_KINDS)}, got {kind!r}")
     if vocab_size is not None and kind != "bpe":
         raise BluError(f"vocab-size is for --tokenizer bpe; a {kind} vocabulary comes from what it is")
     if vocab_size is not None and not 258 <= vocab_size <= 1 << 20:
@@ -42,7 +33,7 @@ def check_tokenizer_settings(kind: str, vocab_size: int | None) -> None:
 def build_tokenizer(kind: str, texts, vocab_size: int | None = None) -> Tokenizer:
     """A new tokenizer of `kind` whose vocabulary comes from the training text, a str or an
     iterable of str read once (`vocab_size`: the size of a bpe vocabulary, the only kind that
-    has a choice)."""
+    has a choice; config.DEFAULT_BPE_VOCAB_SIZE when None)."""
     check_tokenizer_settings(kind, vocab_size)
     texts = [texts] if isinstance(texts, str) else texts
     if kind == "char":
