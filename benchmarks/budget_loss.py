@@ -1,7 +1,7 @@
 """Validation loss reached by `blu train --time T` on tiny Shakespeare, with the
 peak resident memory of the training process.
 
-    python benchmarks/budget_loss.py [--budgets 60 150] [--preset cpu] [-- extra blu train flags]
+    python benchmarks/budget_loss.py [--budgets 60 150] [--preset cpu] [--smoke] [-- extra blu train flags]
 
 Each budget is a separate `blu train` process (as a user would run it) in a
 temporary run folder; the figure is the best val_loss in its metrics.jsonl.
@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 
-from common import save, table
+from common import SMOKE_HELP, TINY_MODEL, save, small_corpus, smoke_cache, table
 
 
 def run_budget(seconds: float, preset: str | None, extra: list[str], data: str | None) -> dict:
@@ -44,11 +44,16 @@ def main():
     parser.add_argument("--preset", help="blu preset (default: blu's choice for this machine)")
     parser.add_argument("--data", help="text file (default: tiny Shakespeare from the cache)")
     parser.add_argument("--name", default="budget_loss", help="name of the results file")
+    parser.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     args, extra = parser.parse_known_args()
     extra = [a for a in extra if a != "--"]
-    rows = [run_budget(b, args.preset, extra, args.data) for b in args.budgets]
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.smoke:
+            smoke_cache(tmp)
+            args.budgets, args.data, extra = [1], str(small_corpus(tmp)), [*TINY_MODEL, *extra]
+        rows = [run_budget(b, args.preset, extra, args.data) for b in args.budgets]
     print(table(rows))
-    print("wrote", save(args.name, {"preset": args.preset or "default", "extra_flags": extra, "rows": rows}))
+    print("wrote", save(args.name, {"preset": args.preset or "default", "extra_flags": extra, "rows": rows}, args.smoke))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ given size is reached. No file is repeated, so BPE and compression figures mean 
     R=/tmp/debs/root; DOCS="/usr/share/man /usr/share/doc $R/usr/share/man $R/usr/share/perl $R/usr/share/doc"
     python benchmarks/build_corpus.py --out /tmp/docs100 --mb 100 $DOCS
     python benchmarks/build_corpus.py --out /tmp/text1g --mb 1000 $DOCS $R/linux-source-6.1
+    python benchmarks/build_corpus.py --smoke    # a few made-up files into a temporary folder
 """
 
 import argparse
@@ -15,6 +16,9 @@ import gzip
 import hashlib
 import json
 from pathlib import Path
+import tempfile
+
+from common import SMOKE_HELP
 
 SHARD_BYTES = 64 << 20
 
@@ -34,16 +38,25 @@ def texts(roots):
                 continue
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", required=True, help="folder of JSONL files to write")
-    parser.add_argument("--mb", type=float, required=True, help="megabytes (10^6 bytes) of text to collect")
-    parser.add_argument("roots", nargs="+")
-    args = parser.parse_args()
-    out = Path(args.out)
+def smoke_tree(folder: Path) -> Path:
+    """Files of each kind `texts` meets: text, gzip, binary, not UTF-8, empty, and a duplicate."""
+    root = folder / "roots"
+    (root / "doc").mkdir(parents=True)
+    (root / "doc" / "a.txt").write_text("ROMEO: hello\n" * 50, encoding="utf-8")
+    (root / "doc" / "b.md").write_text("naïve café\n" * 40, encoding="utf-8")
+    (root / "doc" / "a copy.txt").write_text("ROMEO: hello\n" * 50, encoding="utf-8")
+    (root / "man.1.gz").write_bytes(gzip.compress(b".TH BLU 1\nblu \\- train a model\n" * 30))
+    (root / "binary").write_bytes(b"\x7fELF\x00\x01")
+    (root / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
+    (root / "empty.txt").write_bytes(b"")
+    return root
+
+
+def build(out: Path, mb: float, roots) -> tuple[int, int]:
+    """Collect `mb` megabytes of the texts below `roots` into JSONL files in `out`: (documents, bytes of text)."""
     out.mkdir(parents=True, exist_ok=True)
-    goal, total, files, shards, shard, written, seen = args.mb * 1e6, 0, 0, 0, None, 0, set()
-    for path, text in texts(args.roots):
+    goal, total, files, shards, shard, written, seen = mb * 1e6, 0, 0, 0, None, 0, set()
+    for path, text in texts(roots):
         digest = hashlib.sha256(text.encode("utf-8")).digest()
         if digest in seen:  # the same text installed twice (a licence, say): once is enough
             continue
@@ -60,8 +73,31 @@ def main():
         files += 1
         if total >= goal:
             break
-    shard.close()
-    print(f"{files:,} documents, {total / 1e6:,.1f} MB of text in {out}")
+    if shard is not None:  # None: no text below the roots at all
+        shard.close()
+    return files, total
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", help="folder of JSONL files to write")
+    parser.add_argument("--mb", type=float, help="megabytes (10^6 bytes) of text to collect")
+    parser.add_argument("roots", nargs="*")
+    parser.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
+    args = parser.parse_args()
+    if args.smoke:
+        with tempfile.TemporaryDirectory() as tmp:
+            files, total = build(Path(tmp) / "out", 1.0, [smoke_tree(Path(tmp))])
+            lines = [json.loads(line) for p in sorted((Path(tmp) / "out").glob("*.jsonl")) for line in p.open()]
+            # a copy.txt (a.txt, the same text after it, left out), b.md, man.1.gz; no binary, latin-1 or empty file
+            assert files == len(lines) == 3, lines
+            assert {Path(line["source"]).name for line in lines} == {"a copy.txt", "b.md", "man.1.gz"}, lines
+            print(f"smoke: {files} documents, {total:,} bytes of text")
+        return
+    if not (args.out and args.mb and args.roots):
+        parser.error("--out, --mb and at least one folder are required (or --smoke)")
+    files, total = build(Path(args.out), args.mb, args.roots)
+    print(f"{files:,} documents, {total / 1e6:,.1f} MB of text in {args.out}")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ steps. Each tokenizer starts from an empty cache folder.
     python benchmarks/corpus_speed.py --data /tmp/docs100 --tokenizers char byte bpe:4096
     python benchmarks/corpus_speed.py --data /tmp/text1g --tokenizers bpe:1024 --train-steps 100 2000 \
         --train-flags "--dim 64 --n-layer 2 --n-head 4 --hidden-dim 192"
+    python benchmarks/corpus_speed.py --smoke   # a JSONL folder of 60,000 characters, char and bpe:300, 10 steps
 
 Build the corpora with build_corpus.py (real text, nothing repeated).
 """
@@ -20,7 +21,7 @@ import tempfile
 import threading
 import time
 
-from common import save, table
+from common import SMOKE_HELP, TINY_MODEL, save, shakespeare, table
 
 PHASES = (("read", "blu: read "), ("tokenizer", "blu: built a bpe"), ("tokenize", "blu: tokenized"))
 
@@ -102,7 +103,7 @@ def train(data: str, tokenizer: str, steps: list[int], cache: Path, flags: list[
     kind, _, size = tokenizer.partition(":")
     run = cache / "run"
     command = [sys.executable, "-m", "blu", "train", "--data", data, "--tokenizer", kind, "--out", str(run),
-               "--iters", str(max(steps)), "--eval-every", str(max(steps))] + (["--vocab-size", size] if size else [])
+               "--iters", str(max(steps)), "--eval-every", str(max(steps)), *flags] + (["--vocab-size", size] if size else [])
     process = subprocess.Popen(command, stderr=subprocess.DEVNULL, env={**os.environ, "BLU_CACHE": str(cache)})
     found, start = {}, time.perf_counter()
     while process.poll() is None and len(found) < len(steps):
@@ -119,17 +120,34 @@ def train(data: str, tokenizer: str, steps: list[int], cache: Path, flags: list[
             "seconds": time.perf_counter() - start}
 
 
+def smoke_corpus(folder: Path) -> Path:
+    """A folder of two JSONL files holding the first 60,000 characters of tiny Shakespeare as 20 documents."""
+    text, corpus = shakespeare().read_text(encoding="utf-8")[:60_000], folder / "corpus"
+    corpus.mkdir()
+    for part in range(2):
+        with open(corpus / f"part-{part}.jsonl", "w", encoding="utf-8") as f:
+            for i in range(10):
+                f.write(json.dumps({"text": text[(part * 10 + i) * 3000 : (part * 10 + i + 1) * 3000]}) + "\n")
+    return corpus
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", required=True)
+    parser.add_argument("--data")
     parser.add_argument("--tokenizers", nargs="+", default=["char", "byte", "bpe:4096"], help="KIND or bpe:VOCAB")
     parser.add_argument("--workers", type=int)
     parser.add_argument("--train-steps", type=int, nargs="*", help="also train, and sample memory at these steps")
     parser.add_argument("--train-tokenizers", nargs="*", help="train with these of --tokenizers (default: all)")
     parser.add_argument("--train-flags", default="", help="more blu train flags, e.g. a smaller model")
     parser.add_argument("--name", default="corpus_speed")
+    parser.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     args = parser.parse_args()
+    if not (args.data or args.smoke):
+        parser.error("--data is required (or --smoke)")
     with tempfile.TemporaryDirectory() as base:
+        if args.smoke:
+            args.data, args.tokenizers = str(smoke_corpus(Path(base))), ["char", "bpe:300"]
+            args.train_steps, args.train_tokenizers, args.train_flags = [10], ["bpe:300"], " ".join(TINY_MODEL)
         caches = {tokenizer: Path(base) / tokenizer.replace(":", "-") for tokenizer in args.tokenizers}
         rows = [prepare(args.data, tokenizer, args.workers, caches[tokenizer]) for tokenizer in args.tokenizers]
         keys = {key: None for row in rows for key in row}
@@ -140,7 +158,7 @@ def main():
             results["train"] = [train(args.data, t, args.train_steps, caches[t], args.train_flags.split())
                                 for t in args.train_tokenizers or args.tokenizers]
             print(table(results["train"]))
-    print("wrote", save(args.name, results))
+    print("wrote", save(args.name, results, args.smoke))
 
 
 if __name__ == "__main__":

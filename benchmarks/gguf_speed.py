@@ -1,7 +1,7 @@
 """Batch-1 greedy generation speed of llama.cpp (through llama-cpp-python) on blu's GGUF export,
 f32 and q8_0, beside blu on the same weights, in one process; and the files' sizes.
 
-    python benchmarks/gguf_speed.py [--presets cpu seed] [--rounds 5] [--threads 2]
+    python benchmarks/gguf_speed.py [--presets cpu seed] [--rounds 5] [--threads 2] [--smoke]
 
 Each model is a preset's shape with random weights (speed does not depend on what the weights
 learned) and tiny Shakespeare's character vocabulary. Every generation continues an 8-token
@@ -17,19 +17,19 @@ import statistics
 import tempfile
 import time
 
-from common import save, table
+from common import SMOKE_HELP, save, shakespeare, table
 import llama_cpp
 from safetensors.torch import save as safetensors_bytes
 import torch
 
 from blu.checkpoint import model_tensors
-from blu.config import PRESETS, SamplingOptions
+from blu.config import PRESETS, ModelConfig, SamplingOptions
 from blu.export.gguf import write_gguf
 from blu.generate import stream_tokens
 from blu.model import Transformer
 from blu.tokenizers import CharTokenizer
 
-SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
+SMOKE_MODEL = ModelConfig(vocab_size=0, dim=64, n_layer=1, n_head=2, n_kv_head=2, hidden_dim=128, context=32)
 
 
 def blu_generation(model, prompt: list[int], steps: int):
@@ -69,15 +69,20 @@ def main():
     parser.add_argument("--tokens", type=int, default=1000, help="tokens generated per contender per round")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2, help="threads for blu (torch) and llama.cpp alike")
+    parser.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     args = parser.parse_args()
+    shapes = {preset: PRESETS[preset].model for preset in args.presets}
+    if args.smoke:
+        shapes, args.tokens, args.rounds = {"smoke": SMOKE_MODEL}, 50, 1
 
     torch.set_num_threads(args.threads)
-    tokenizer = CharTokenizer.from_text(SHAKESPEARE.read_text(encoding="utf-8"))
+    tokenizer = CharTokenizer.from_text(shakespeare().read_text(encoding="utf-8"))
     prompt = tokenizer.encode("ROMEO:\n")[:8]
-    rows, folder = [], Path(tempfile.mkdtemp(prefix="gguf_speed_"))
-    for preset in args.presets:
+    rows, temporary = [], tempfile.TemporaryDirectory(prefix="gguf_speed_")
+    folder = Path(temporary.name)
+    for preset, shape in shapes.items():
         torch.manual_seed(0)
-        model = Transformer(replace(PRESETS[preset].model, vocab_size=tokenizer.vocab_size)).eval()
+        model = Transformer(replace(shape, vocab_size=tokenizer.vocab_size)).eval()
         steps = model.config.context - len(prompt)
         contenders = {f"blu {preset}": blu_generation(model, prompt, steps)}
         sizes = {"f32 (torch)": len(safetensors_bytes(model_tensors(model)))}  # a run folder's model.safetensors
@@ -95,10 +100,11 @@ def main():
             rows.append({"implementation": name, "parameters": model.num_parameters(), "context": model.config.context,
                          "weights": dtype, "file_bytes": sizes[dtype], "tokens_per_s": 1 / statistics.median(s),
                          "best_round": 1 / min(s)})
+    temporary.cleanup()
     print(f"batch 1, greedy, {args.threads} threads, {args.rounds} rounds of {args.tokens} tokens per contender")
     print(table(rows))
     results = {"rows": rows, "threads": args.threads, "llama_cpp_python": llama_cpp.__version__}
-    print("wrote", save(f"gguf_speed_threads{args.threads}", results))
+    print("wrote", save(f"gguf_speed_threads{args.threads}", results, args.smoke))
 
 
 if __name__ == "__main__":

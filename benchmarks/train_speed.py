@@ -1,7 +1,7 @@
 """Training tokens/s of blu against transformers' LlamaForCausalLM on the same
 configuration, the same batches and the same AdamW (fused, as `blu train` uses it), in one process.
 
-    python benchmarks/train_speed.py [--preset seed] [--steps 20] [--rounds 3] [--compile] [--profile]
+    python benchmarks/train_speed.py [--preset seed] [--steps 20] [--rounds 3] [--compile] [--profile] [--smoke]
 
 The two alternate in rounds so that noise from a shared machine hits both alike.
 --profile adds where blu's eager step spends its time (the profiler's top
@@ -13,15 +13,17 @@ from dataclasses import replace
 import statistics
 import time
 
-from common import save, table
+from common import SMOKE_HELP, save, table
 import torch
 import torch.nn.functional as F
 from torch.profiler import profile
 import transformers
 
-from blu.config import PRESETS
+from blu.config import PRESETS, ModelConfig
 from blu.export import hf_config
 from blu.model import Transformer
+
+SMOKE_MODEL = ModelConfig(vocab_size=66, dim=32, n_layer=1, n_head=2, n_kv_head=2, hidden_dim=64, context=32)
 
 
 def steps_per_s(model, forward, batches, lr):
@@ -65,11 +67,15 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--compile", action="store_true", help="also time blu through torch.compile")
     parser.add_argument("--profile", action="store_true", help="also show where blu's eager step spends its time")
+    parser.add_argument("--smoke", action="store_true", help=SMOKE_HELP + "; with --profile")
     args = parser.parse_args()
 
     preset = PRESETS[args.preset]
     config = replace(preset.model, vocab_size=66)  # tiny Shakespeare: 65 characters + <unk>
-    B, T = preset.train.batch_size, config.context
+    B = preset.train.batch_size
+    if args.smoke:
+        config, B, args.steps, args.rounds, args.profile = SMOKE_MODEL, 4, 3, 1, True
+    T = config.context
     torch.manual_seed(0)
     batches = [(torch.randint(0, 66, (B, T)), torch.randint(0, 66, (B, T))) for _ in range(args.steps)]
     models = {
@@ -90,13 +96,14 @@ def main():
     rows = [{"implementation": name, "tokens_per_s": statistics.median(r), "rounds": ", ".join(f"{v:,.0f}" for v in r)}
             for name, r in rates.items()]
     ratio = rows[0]["tokens_per_s"] / rows[1]["tokens_per_s"]  # eager blu / transformers
-    print(f"preset {args.preset}: batch {B} x {T}, {Transformer(config).num_parameters():,} parameters")
+    shape = "a tiny model (smoke)" if args.smoke else f"preset {args.preset}"
+    print(f"{shape}: batch {B} x {T}, {Transformer(config).num_parameters():,} parameters")
     print(table(rows))
     print(f"blu / transformers: {ratio:.2f}x")
     result = {"rows": rows, "ratio": ratio, "batch": B, "context": T}
     if args.profile:
         result["profile"] = where_time_goes(*models["blu"], batches, preset.train.lr, B * T, config)
-    print("wrote", save(f"train_speed_{args.preset}", result))
+    print("wrote", save(f"train_speed_{args.preset}", result, args.smoke))
 
 
 if __name__ == "__main__":
