@@ -56,3 +56,22 @@ def write_tokenizer_folder(folder: Path, tokenizer: Tokenizer, style: str) -> Pa
     (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
     (folder / "generation_config.json").write_text(json.dumps(generation, indent=2))
     return folder
+
+
+def write_llama_folder(folder: Path, tokenizer: Tokenizer, style: str, seed: int = 0, **change):
+    """A random LlamaForCausalLM of a few layers saved by transformers, with the style's tokenizer
+    files; returns the transformers model (eval mode) to compare with."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()  # its bars would mix with the stderr of the blu commands under test
+
+    settings = dict(vocab_size=tokenizer.get_vocab_size(), hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, rope_theta=50000.0,
+                    rms_norm_eps=1e-5, tie_word_embeddings=style == "smollm")
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(LlamaConfig(**{**settings, **change})).eval()
+    model.save_pretrained(folder, **({"max_shard_size": "100KB"} if change.pop("sharded", False) else {}))
+    write_tokenizer_folder(folder, tokenizer, style)  # after: save_pretrained writes its own generation_config.json
+    return model

@@ -152,6 +152,12 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--out", required=True, help="folder (hf) or .gguf file (gguf) to write")
     exp.add_argument("--dtype", choices=["f32", "f16", "bf16", "q8_0"],
                      help="gguf only: how the weight matrices are stored (default: f32; q8_0 needs rows of a multiple of 32)")
+
+    imp = commands.add_parser("import", help="make a run folder from a pretrained model", formatter_class=fmt)
+    imp.add_argument("--from", dest="source", required=True, metavar="PATH",
+                     help="a Hugging Face folder of a LlamaForCausalLM (config.json, safetensors, tokenizer.json)")
+    imp.add_argument("--out", required=True, help="the run folder to write")
+    imp.add_argument("--force", action="store_true", help="replace a run already in --out")
     return parser
 
 
