@@ -155,7 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     imp = commands.add_parser("import", help="make a run folder from a pretrained model", formatter_class=fmt)
     imp.add_argument("--from", dest="source", required=True, metavar="PATH",
-                     help="a Hugging Face folder of a LlamaForCausalLM (config.json, safetensors, tokenizer.json)")
+                     help="a Hugging Face folder of a LlamaForCausalLM (config.json, safetensors, tokenizer.json) "
+                          "or a llama.cpp GGUF file of the llama architecture")
     imp.add_argument("--out", required=True, help="the run folder to write")
     imp.add_argument("--force", action="store_true", help="replace a run already in --out")
     return parser
