@@ -188,6 +188,8 @@ class ScoredText(NamedTuple):
 
 def validation_text(meta: dict, tokenizer: Tokenizer, log=say) -> ScoredText:
     """The validation part of the text a run was trained on (`meta`: its config.json)."""
+    if meta.get("data") is None and meta.get("imported_from"):
+        raise BluError("this run was imported and has no training text of its own: score it on a file with --data FILE")
     corpus, cache, plan = trained_corpus(meta, from_dict(TrainConfig, meta.get("train")).seed, log)
     return ScoredText(*cache.validation(plan, tokenizer))
 

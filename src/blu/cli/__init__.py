@@ -221,10 +221,18 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def cmd_import(args) -> int:
+    from ..pretrained import import_checkpoint
+
+    out = import_checkpoint(args.source, args.out, args.force, log=say)
+    say(f"imported into {out}; try: blu generate --run {out}")
+    return 0
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     command = {"train": cmd_train, "prepare": cmd_prepare, "generate": cmd_generate, "eval": cmd_eval, "export": cmd_export,
-               "serve": cmd_serve}[args.command]
+               "serve": cmd_serve, "import": cmd_import}[args.command]
     try:
         return command(args)
     except BluError as error:

@@ -180,6 +180,13 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--dtype", choices=["f32", "f16", "bf16", "q8_0"],
                      help="gguf only: how the weight matrices are stored (default: f32; q8_0 needs rows of a multiple of 32)")
     exp.add_argument("--force", action="store_true", help="replace what --out already holds")
+
+    imp = commands.add_parser("import", help="make a run folder from a pretrained model", formatter_class=fmt)
+    imp.add_argument("--from", dest="source", required=True, metavar="PATH",
+                     help="a Hugging Face folder of a LlamaForCausalLM (config.json, safetensors, tokenizer.json) "
+                          "or a llama.cpp GGUF file of the llama architecture")
+    imp.add_argument("--out", required=True, help="the run folder to write")
+    imp.add_argument("--force", action="store_true", help="replace a run already in --out")
     return parser
 
 

@@ -72,6 +72,9 @@ class GGUFVocab:
 
 def gguf_vocab(tokenizer) -> GGUFVocab:
     """The GGUF tokenizer of a blu tokenizer; a BluError if llama.cpp could not tokenize as blu does."""
+    if tokenizer.kind == "hf":
+        raise BluError("GGUF export of an imported tokenizer is not supported yet; export it with --format hf "
+                       "and convert that with llama.cpp's convert_hf_to_gguf.py")
     vocab = char_vocab(tokenizer) if tokenizer.kind == "char" else byte_level_vocab(tokenizer)
     if len(set(vocab.tokens)) != len(vocab.tokens):
         raise BluError("the vocabulary has two tokens with the same text, which llama.cpp cannot tell apart")

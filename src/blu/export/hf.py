@@ -85,8 +85,10 @@ def hf_config(config, end_id: int | None = None) -> dict:
 
 
 def hf_tokenizer(tokenizer) -> dict:
-    """tokenizer.json in the format of the `tokenizers` library: for byte and bpe, blu's own file
-    as it is; for char, one made here (below)."""
+    """tokenizer.json in the format of the `tokenizers` library: for an imported tokenizer, the
+    checkpoint's own file; for byte and bpe, blu's own file as it is; for char, one made here (below)."""
+    if tokenizer.kind == "hf":
+        return tokenizer.original
     if tokenizer.kind != "char":
         return json.loads(tokenizer.to_json())
     vocab = {UNK: 0, **{c: i for c, i in tokenizer.stoi.items()}}
@@ -125,15 +127,21 @@ def export_hf(run_dir, out_dir, force: bool = False) -> Path:
     atomic_write(out_dir / "model.safetensors", safetensors_bytes(weights, metadata={"format": "pt"}))
     if tokenizer.kind == "char":
         special = {"unk_token": UNK}
+    elif tokenizer.kind == "hf":  # the checkpoint's own settings go back out
+        special = {name: tokenizer.hf.id_to_token(index) for name, index in
+                   (("bos_token", tokenizer.bos_id), ("eos_token", tokenizer.end_id)) if index is not None}
     else:  # the literal text "<|endoftext|>" stays text (split_special_tokens), as in blu
         special = {"eos_token": END_OF_TEXT}
+    imported = {"add_bos_token": tokenizer.add_bos, "chat_template": tokenizer.chat_template} if tokenizer.kind == "hf" else {}
+    bos_id, stop_ids = (tokenizer.bos_id, tokenizer.stop_ids) if tokenizer.kind == "hf" else (None, tokenizer.end_id)
     files = {
-        "config.json": hf_config(model.config, tokenizer.end_id),
-        "generation_config.json": {"do_sample": False, "bos_token_id": None, "eos_token_id": tokenizer.end_id},
+        "config.json": {**hf_config(model.config, tokenizer.end_id), "bos_token_id": bos_id},
+        "generation_config.json": {"do_sample": False, "bos_token_id": bos_id, "eos_token_id": stop_ids},
         "tokenizer.json": hf_tokenizer(tokenizer),
         "tokenizer_config.json": {
             "tokenizer_class": "PreTrainedTokenizerFast", **special, "split_special_tokens": tokenizer.end_id is not None,
             "model_max_length": model.config.context, "clean_up_tokenization_spaces": False,
+            **{k: v for k, v in imported.items() if v is not None},
         },
         "special_tokens_map.json": special,
     }

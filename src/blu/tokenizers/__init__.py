@@ -14,6 +14,7 @@ from ..errors import BluError
 from .base import StreamDecoder, Tokenizer
 from .bytelevel import ByteLevelTokenizer, byte_tokenizer, from_native_json, train_bpe
 from .char import UNK, CharTokenizer
+from .pretrained import PretrainedTokenizer
 
 __all__ = ["UNK", "ByteLevelTokenizer", "CharTokenizer", "StreamDecoder", "Tokenizer", "build_tokenizer",
            "check_tokenizer_settings", "tokenizer_from_json"]
@@ -52,6 +53,8 @@ def tokenizer_from_json(text: str) -> Tokenizer:
         raise BluError(f"tokenizer.json is not valid JSON ({error})") from None
     if isinstance(data, dict) and data.get("type") == "char":
         return CharTokenizer.from_dict(data)
+    if isinstance(data, dict) and data.get("type") == "hf":
+        return PretrainedTokenizer.from_dict(data)
     if isinstance(data, dict) and isinstance(data.get("model"), dict) and data["model"].get("type") == "BPE":
         return from_native_json(text)
     raise BluError("tokenizer.json is not a blu tokenizer this version can read")

@@ -1,0 +1,142 @@
+"""A GGUF file of llama.cpp's `llama` architecture, read as blu's model configuration, weights and tokenizer.
+
+The `gguf` package (llama.cpp's own Python reader) reads the metadata and the tensors and
+dequantizes every type it knows (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, the K-quants)
+to float32 with numpy. llama.cpp's converter interleaved each head's query and key rows for its
+rotary pairing (export/gguf.py writes them so); they are put back in transformers' order, and
+from there the tensors take the same road as a Hugging Face folder's (hf.py).
+
+The tokenizer is rebuilt from `tokenizer.ggml.*` as a `tokenizers` file for the byte-level BPE
+(`gpt2`) models whose pre-tokenizer is one of PRE_TOKENIZERS; SentencePiece vocabularies
+(`llama`) and other pre-tokenizers are refused by name.
+"""
+
+import json
+from pathlib import Path
+
+import gguf
+import numpy as np
+from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
+from tokenizers import Tokenizer as HFTokenizer
+import torch
+
+from ..config import ModelConfig
+from ..errors import BluError
+from ..export.gguf import GGUF_TENSORS, gguf_name
+from ..tokenizers.pretrained import PretrainedTokenizer
+from . import hf
+
+
+def _gpt2_split():
+    return [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)]
+
+
+# llama.cpp's pre-tokenizer names (tokenizer.ggml.pre) and the `tokenizers` steps that split text as it does.
+PRE_TOKENIZERS = {
+    "gpt-2": _gpt2_split,
+    "default": _gpt2_split,
+    "smollm": lambda: [pre_tokenizers.Digits(individual_digits=True), *_gpt2_split()],
+    "llama-bpe": lambda: [
+        pre_tokenizers.Split(Regex(r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+"
+                                   r"[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)],
+}
+
+
+def read_gguf(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor], PretrainedTokenizer]:
+    """The configuration, blu's weights and the tokenizer of a llama GGUF file, or a one-line refusal."""
+    try:
+        reader = gguf.GGUFReader(path)
+    except (ValueError, OSError, KeyError) as error:
+        raise BluError(f"{path} is not a GGUF file gguf can read ({str(error)[:120]})") from None
+    meta = {name: field.contents() for name, field in reader.fields.items()}
+    arch = meta.get("general.architecture")
+    if arch != "llama":
+        raise BluError(f"{path}: general.architecture = {arch!r}; only llama can be imported")
+    tokenizer = _tokenizer(path, meta)
+    config = _config(path, meta, tokenizer.vocab_size, tied="output.weight" not in {t.name for t in reader.tensors})
+    tensors = {}
+    for tensor in reader.tensors:
+        try:
+            array = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
+        except NotImplementedError:
+            raise BluError(f"{path}: tensor {tensor.name} is {tensor.tensor_type.name}, which gguf cannot dequantize") from None
+        tensors[tensor.name] = torch.from_numpy(np.array(array, dtype=np.float32)  # a copy: the map is read-only
+                                                .reshape(list(reversed(tensor.shape.tolist()))))
+    return config, hf.blu_weights(_transformers_tensors(tensors, config), config), tokenizer
+
+
+def _config(path: Path, meta: dict, vocab_size: int, tied: bool) -> ModelConfig:
+    def get(key, default=None):
+        value = meta.get(f"llama.{key}", default)
+        if value is None:
+            raise BluError(f"{path} has no llama.{key}")
+        return value
+
+    if (scaling := meta.get("llama.rope.scaling.type", "none")) != "none":
+        raise BluError(f"{path}: llama.rope.scaling.type = {scaling!r} is not supported (blu's rotary has no scaling)")
+    dim, heads = int(get("embedding_length")), int(get("attention.head_count"))
+    for key in ("rope.dimension_count", "attention.key_length", "attention.value_length"):
+        if int(meta.get(f"llama.{key}", dim // heads)) != dim // heads:
+            raise BluError(f"{path}: llama.{key} = {meta[f'llama.{key}']} is not supported (blu's is embedding_length / "
+                           f"head_count = {dim // heads})")
+    config = ModelConfig(vocab_size=vocab_size, dim=dim, n_layer=int(get("block_count")), n_head=heads,
+                         n_kv_head=int(get("attention.head_count_kv", heads)), hidden_dim=int(get("feed_forward_length")),
+                         context=int(get("context_length")), rope_theta=float(get("rope.freq_base", 10000.0)),
+                         norm_eps=float(get("attention.layer_norm_rms_epsilon")), tie_embeddings=tied)
+    config.validate()
+    return config
+
+
+def _transformers_tensors(tensors: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
+    """llama.cpp's tensors under transformers' names, query and key rows back in transformers' order."""
+    whole_model = [name for name in GGUF_TENSORS if name.startswith(("model.", "lm_head."))]
+    per_layer = [f"model.layers.{i}.{name}" for i in range(config.n_layer) for name in GGUF_TENSORS
+                 if name not in whole_model]
+    hf_names = {gguf_name(name): name for name in whole_model + per_layer}
+    out = {}
+    for name, tensor in tensors.items():
+        if name not in hf_names:
+            raise BluError(f"the GGUF file has a tensor {name} that a Llama of this configuration lacks")
+        if hf_names[name].endswith("q_proj.weight"):
+            tensor = rotary_halves(tensor, config.n_head)
+        elif hf_names[name].endswith("k_proj.weight"):
+            tensor = rotary_halves(tensor, config.n_kv_head)
+        out[hf_names[name]] = tensor
+    return out
+
+
+def rotary_halves(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """The inverse of export/gguf.py's rotary_pairs_adjacent: rows 2j and 2j + 1 of each head go
+    back to row j of its first and of its second half."""
+    rows = weight.shape[0]
+    return weight.reshape(n_heads, rows // n_heads // 2, 2, *weight.shape[1:]).transpose(1, 2).reshape(weight.shape)
+
+
+def _tokenizer(path: Path, meta: dict) -> PretrainedTokenizer:
+    model = meta.get("tokenizer.ggml.model")
+    if model != "gpt2":
+        raise BluError(f"{path}: tokenizer.ggml.model = {model!r} is not supported yet (only gpt2, byte-level BPE)")
+    pre = meta.get("tokenizer.ggml.pre", "default")
+    if pre not in PRE_TOKENIZERS:
+        raise BluError(f"{path}: tokenizer.ggml.pre = {pre!r} is not supported (known: {', '.join(PRE_TOKENIZERS)})")
+    tokens, types = list(meta["tokenizer.ggml.tokens"]), list(meta.get("tokenizer.ggml.token_type", []))
+    merges = [tuple(m.split(" ", 1)) for m in meta.get("tokenizer.ggml.merges", [])]
+    added = {i: t for i, (t, kind) in enumerate(zip(tokens, types))
+             if kind in (gguf.TokenType.CONTROL, gguf.TokenType.USER_DEFINED)}
+    vocab = {t: i for i, t in enumerate(tokens)}  # special tokens too, as Hugging Face files have them: they keep their ids
+    # A merge whose result is no token cannot apply (blu writes one such, export/gguf_vocab's INERT_MERGE).
+    built = HFTokenizer(models.BPE(vocab=vocab, merges=[m for m in merges if len(m) == 2 and m[0] + m[1] in vocab]))
+    steps = PRE_TOKENIZERS[pre]()
+    built.pre_tokenizer = steps[0] if len(steps) == 1 else pre_tokenizers.Sequence(steps)
+    built.decoder = decoders.ByteLevel()
+    for index in sorted(added):  # added in id order, so that each keeps its id
+        token = AddedToken(added[index], special=types[index] == gguf.TokenType.CONTROL, normalized=False)
+        if built.add_special_tokens([token]) != 1 or built.token_to_id(added[index]) != index:
+            raise BluError(f"{path}: the special token {added[index]!r} (id {index}) cannot keep its id")
+    bos, eos = meta.get("tokenizer.ggml.bos_token_id"), meta.get("tokenizer.ggml.eos_token_id")
+    stops = [i for i in (eos, meta.get("tokenizer.ggml.eot_token_id")) if i is not None]
+    return PretrainedTokenizer(json.loads(built.to_str()), None if bos is None else int(bos),
+                               bool(meta.get("tokenizer.ggml.add_bos_token", False)) and bos is not None,
+                               None if eos is None else int(eos), [int(i) for i in stops],
+                               meta.get("tokenizer.chat_template"))
