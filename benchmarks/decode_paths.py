@@ -12,7 +12,7 @@ from dataclasses import replace
 import statistics
 import time
 
-from common import save, table
+from common import SMOKE_HELP, save, table
 import torch
 
 from blu import decode
@@ -46,7 +46,10 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tokens", type=int, default=500)
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     args = parser.parse_args()
+    if args.smoke:
+        args.tokens, args.rounds = 20, 1
     torch.manual_seed(0)
     model = Transformer(replace(PRESETS["seed"].model, vocab_size=66)).eval()
     variants = {"both (default)": (True, single_row_norm), "no first-layer table": (False, single_row_norm),

@@ -13,7 +13,7 @@ from dataclasses import replace
 import statistics
 import time
 
-from common import save, table
+from common import SMOKE_HELP, save, table
 import torch
 
 import blu
@@ -35,7 +35,10 @@ def main():
     parser.add_argument("--tokens", type=int, default=500, help="new tokens per timed generation")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch-sizes", type=int, nargs="*", default=[16, 64], help="batched sampling throughput")
+    parser.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     args = parser.parse_args()
+    if args.smoke:
+        args.tokens, args.rounds, args.batch_sizes = 20, 1, [4]
 
     torch.manual_seed(0)
     model = blu.load(args.run).model if args.run else Transformer(replace(PRESETS["seed"].model, vocab_size=66)).eval()

@@ -10,8 +10,11 @@ loss by position through the generation path (`blu eval --stream`).
 
 import argparse
 import re
+import subprocess
+import sys
+import tempfile
 
-from common import save, table
+from common import SMOKE_HELP, TINY_MODEL, save, small_corpus, smoke_cache, table
 
 import blu
 from blu.config import VAL_FRACTION
@@ -29,12 +32,26 @@ def real_word_share(text: str, vocabulary: set) -> float:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--run", required=True)
+    parser.add_argument("--run", help="run folder (required unless --smoke)")
     parser.add_argument("--chars", type=int, default=6000)
     parser.add_argument("--window", type=int, default=1500)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     args = parser.parse_args()
+    if args.smoke:  # a run trained 20 steps in a temporary folder, 300 characters in windows of 100
+        with tempfile.TemporaryDirectory() as tmp:
+            smoke_cache(tmp)
+            args.run, args.chars, args.window, args.seeds = f"{tmp}/run", 300, 100, [0]
+            subprocess.run([sys.executable, "-m", "blu", "train", "--data", str(small_corpus(tmp)), "--out", args.run,
+                            "--tokenizer", "char", "--iters", "20", *TINY_MODEL], check=True, capture_output=True)
+            measure(args)
+    elif not args.run:
+        parser.error("--run is required (or --smoke)")
+    else:
+        measure(args)
 
+
+def measure(args) -> None:
     run = blu.load(args.run)
     text, _ = load_text(run.meta["data"]["path"], run.meta["data"]["sha256"])
     tokens = run.tokenizer.encode_array(text)[0]

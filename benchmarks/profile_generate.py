@@ -11,7 +11,7 @@ import argparse
 from dataclasses import replace
 import time
 
-from common import save
+from common import SMOKE_HELP, save
 import torch
 from torch.profiler import ProfilerActivity, profile
 
@@ -23,7 +23,10 @@ from blu.model import Transformer
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tokens", type=int, default=300)
+    parser.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     args = parser.parse_args()
+    if args.smoke:
+        args.tokens = 20
     torch.manual_seed(0)
     model = Transformer(replace(PRESETS["seed"].model, vocab_size=66)).eval()
 

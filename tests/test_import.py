@@ -140,3 +140,14 @@ def test_eval_of_an_import_needs_a_text(tmp_path, cli, tokenizers, small_corpus)
     assert code == 2 and "--data FILE" in err
     code, out, err = cli("eval", "--run", tmp_path / "run", "--data", small_corpus, "--json")
     assert code == 0 and json.loads(out)["bytes"] == len(small_corpus.read_bytes())
+
+
+def test_generation_stops_at_every_stop_id_of_the_checkpoint(tmp_path, cli, tokenizers):
+    """Guards against generation running past an end-of-turn id listed in generation_config.json."""
+    from blu.text_stream import TextStream
+
+    write_llama_folder(tmp_path / "hf", tokenizers["smollm"], "smollm")
+    assert cli("import", "--from", tmp_path / "hf", "--out", tmp_path / "run")[0] == 0
+    _, _, tokenizer = load_run(tmp_path / "run")
+    stream = TextStream(tokenizer)
+    assert stream.feed(tokenizer.encode("Hi")[0]) == "Hi" and stream.feed(2) == "" and stream.reason == "stop"

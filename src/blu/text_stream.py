@@ -53,14 +53,14 @@ class TextStream:
     `stop`: strings that end the text before them; `max_tokens`: the text ends ("length") with
     the token that reaches it (None: the caller ends it with `finish`); `end_ids`: tokens that end
     the text ("stop") and are never shown, by default the tokenizer's end-of-text token where it
-    has one. `tokens` counts the tokens fed, those of a stop string and the end token included."""
+    has one (Tokenizer.stop_ids: an imported one adds its checkpoint's). `tokens` counts the
+    tokens fed, those of a stop string and the end token included."""
 
     def __init__(self, tokenizer: Tokenizer, stop=(), max_tokens: int | None = None, end_ids=None):
         self.decoder = tokenizer.stream_decoder()
         self.stops = StopStrings(stop)
         self.max_tokens = max_tokens
-        self.end_ids = frozenset(end_ids if end_ids is not None else
-                                 () if tokenizer.end_id is None else (tokenizer.end_id,))
+        self.end_ids = frozenset(end_ids if end_ids is not None else tokenizer.stop_ids)
         self.tokens = 0
         self.reason: str | None = None  # why the text ended: "stop" or "length"; None while it goes on
         self.released: list[tuple[int, int]] = []  # (token position, character offset), see the module docstring

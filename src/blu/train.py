@@ -212,7 +212,6 @@ class Trainer:
         text = "".join(pieces)
         with open(self.folder / "samples.txt", "a", encoding="utf-8") as f:
             f.write(f"--- step {self.state.step}, val_loss {val_loss:.4f} ---\n{text}\n\n")
-        self.model.train()
 
 
 def train(run: Run, device: torch.device, log=None, world: World | None = None) -> TrainResult:

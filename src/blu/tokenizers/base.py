@@ -25,6 +25,12 @@ class Tokenizer(ABC):
     # for no text; one byte of a character for a byte token. Every kind fills it when it is made.
     token_bytes: list[bytes]
 
+    @property
+    def stop_ids(self) -> list[int]:
+        """Every id that ends generated text: the end-of-text token (an imported tokenizer adds
+        the ids its checkpoint's generation_config.json lists)."""
+        return [] if self.end_id is None else [self.end_id]
+
     @abstractmethod
     def encode(self, text: str) -> list[int]:
         """Token ids of `text`."""

@@ -44,7 +44,7 @@ class PretrainedTokenizer(Tokenizer):
         self.hf.encode_special_tokens = True  # a special token's text typed in a prompt or a corpus stays text
         self.original, self.bos_id, self.add_bos = original, bos_id, add_bos
         self.end_id, self.chat_template = end_id, chat_template
-        self.stop_ids = sorted(set(stop_ids) | ({end_id} if end_id is not None else set()))
+        self._stop_ids = sorted(set(stop_ids) | ({end_id} if end_id is not None else set()))
         for name, index in (("bos", bos_id), ("eos", end_id), *(("stop", i) for i in self.stop_ids)):
             if index is not None and not 0 <= index < self.vocab_size:
                 raise BluError(f"tokenizer: the {name} id {index} is outside the vocabulary of {self.vocab_size}")
@@ -98,6 +98,10 @@ class PretrainedTokenizer(Tokenizer):
     @property
     def vocab_size(self) -> int:
         return self.hf.get_vocab_size(with_added_tokens=True)
+
+    @property
+    def stop_ids(self) -> list[int]:
+        return self._stop_ids
 
     def encode(self, text: str) -> list[int]:
         ids = self.hf.encode(text, add_special_tokens=False).ids
