@@ -65,7 +65,7 @@ def main():
              "time_vs_default": statistics.median(s) / base} for name, s in seconds.items()]
     print(f"seed preset, vocabulary 66, batch 1, greedy, {args.tokens} tokens, median of {args.rounds} rounds")
     print(table(rows))
-    print("wrote", save("decode_paths", {"rows": rows, "tokens": args.tokens}))
+    print("wrote", save("decode_paths", {"rows": rows, "tokens": args.tokens}, smoke=args.smoke))
 
 
 if __name__ == "__main__":

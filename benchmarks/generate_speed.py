@@ -82,7 +82,8 @@ def main():
     print(f"{model.num_parameters():,} parameters, context {model.config.context}, {n} new tokens, batch 1")
     print(table(rows))
     print(f"blu greedy / transformers greedy: {ratio:.1f}x (medians), {best_ratio:.1f}x (best rounds)")
-    print("wrote", save("generate_speed", {"rows": rows, "ratio": ratio, "best_round_ratio": best_ratio, "new_tokens": n}))
+    record = {"rows": rows, "ratio": ratio, "best_round_ratio": best_ratio, "new_tokens": n}
+    print("wrote", save("generate_speed", record, smoke=args.smoke))
 
 
 if __name__ == "__main__":

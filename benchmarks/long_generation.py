@@ -70,7 +70,7 @@ def measure(args) -> None:
     buckets = stream_eval(run.model, val_tokens)
     print(table(buckets))
     save("long_generation", {"run_config": run.meta["model"], "chars": args.chars, "window": args.window,
-                             "real_word_share": rows, "position_buckets": buckets})
+                             "real_word_share": rows, "position_buckets": buckets}, smoke=args.smoke)
 
 
 if __name__ == "__main__":

@@ -55,7 +55,8 @@ def main():
     print(f"{per_token_us:.0f} us per token without the profiler; weight-reading floor {floor_us:.0f} us per token")
     save("profile_generate", {"per_token_us": per_token_us, "weight_read_floor_us": floor_us,
                               "top_ops": [{"op": e.key, "calls_per_token": e.count / args.tokens,
-                                           "self_us_per_token": e.self_cpu_time_total / args.tokens} for e in ops]})
+                                           "self_us_per_token": e.self_cpu_time_total / args.tokens} for e in ops]},
+         smoke=args.smoke)
 
 
 if __name__ == "__main__":

@@ -119,11 +119,9 @@ def main():
                 rate = statistics.median(aggregate(server.url, streams, args.tokens) for _ in range(args.rounds))
                 rows.append({"measure": f"{streams} concurrent streams, aggregate", "tokens/s": rate})
     print(table(rows))
-    if args.smoke:
-        return
     results = {"run": str(args.run or "random seed preset, char tokenizer"), "tokens": args.tokens, "rounds": args.rounds,
                "threads": torch.get_num_threads(), "load_average": os.getloadavg(), "rows": rows}
-    print(f"saved {save('serve_speed', results)}")
+    print(f"saved {save('serve_speed', results, smoke=args.smoke)}")
 
 
 if __name__ == "__main__":

@@ -13,13 +13,15 @@ llama_cpp = pytest.importorskip("llama_cpp")
 @pytest.fixture(scope="module")
 def bpe_run(tmp_path_factory, shakespeare):
     """A bpe run whose rows (dim and hidden 256) llama.cpp's K-quants can hold."""
+    from blu.config import Budget, TextSettings
     from blu.runs import create_run
     from blu.train import train
 
     folder = tmp_path_factory.mktemp("gguf_import")
     corpus = folder / "small.txt"
     corpus.write_text(shakespeare.read_text(encoding="utf-8")[:60_000], encoding="utf-8")
-    run = create_run(folder / "run", corpus, preset="cpu", iters=20, device="cpu", tokenizer="bpe", vocab_size=300,
+    run = create_run(folder / "run", TextSettings(data=str(corpus), tokenizer="bpe", vocab_size=300), preset="cpu",
+                     budget=Budget(iters=20), device="cpu",
                      overrides=dict(dim=256, n_layer=1, n_head=4, n_kv_head=2, hidden_dim=256, context=64, batch_size=4,
                                     eval_every=20, sample_chars=0))
     train(run, torch.device("cpu"))

@@ -24,7 +24,7 @@ from ..config import ModelConfig
 from ..errors import BluError
 from ..export.gguf import GGUF_TENSORS, gguf_name
 from ..tokenizers.pretrained import PretrainedTokenizer
-from . import hf
+from .hf import blu_weights
 
 
 def _gpt2_split():
@@ -63,7 +63,7 @@ def read_gguf(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor], Pretrai
             raise BluError(f"{path}: tensor {tensor.name} is {tensor.tensor_type.name}, which gguf cannot dequantize") from None
         tensors[tensor.name] = torch.from_numpy(np.array(array, dtype=np.float32)  # a copy: the map is read-only
                                                 .reshape(list(reversed(tensor.shape.tolist()))))
-    return config, hf.blu_weights(_transformers_tensors(tensors, config), config), tokenizer
+    return config, blu_weights(_transformers_tensors(tensors, config), config), tokenizer
 
 
 def _config(path: Path, meta: dict, vocab_size: int, tied: bool) -> ModelConfig:
