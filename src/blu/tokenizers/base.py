@@ -10,6 +10,7 @@ by what tokenizer.json holds.
 """
 
 from abc import ABC, abstractmethod
+import codecs
 
 import numpy as np
 
@@ -82,3 +83,18 @@ class StreamDecoder:
 
     def flush(self) -> str:
         return ""
+
+
+class Utf8StreamDecoder(StreamDecoder):
+    """A token's bytes in, whole characters out: a character split across tokens waits for its
+    last byte; bytes that can never form a character come out as U+FFFD, as `decode` gives them."""
+
+    def __init__(self, tokenizer: Tokenizer):
+        super().__init__(tokenizer)
+        self.utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def feed(self, token: int) -> str:
+        return self.utf8.decode(self.tokenizer.token_bytes[token])
+
+    def flush(self) -> str:
+        return self.utf8.decode(b"", final=True)

@@ -11,7 +11,6 @@ The end-of-text token follows every document. It is never produced from text: th
 `<|endoftext|>` in a prompt or a corpus is encoded as the characters it is made of.
 """
 
-import codecs
 import json
 
 import numpy as np
@@ -19,7 +18,7 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from ..errors import BluError
-from .base import StreamDecoder, Tokenizer
+from .base import StreamDecoder, Tokenizer, Utf8StreamDecoder
 
 END_OF_TEXT = "<|endoftext|>"
 # BPE trains on at most this much of the training text: about 13 s and 0.5 GB on 2 cores (BENCHMARKS.md).
@@ -159,20 +158,6 @@ def _tiktoken_encoding(tokenizer: "ByteLevelTokenizer"):
     ranks = {token: index for index, token in enumerate(tokenizer.token_bytes) if index != tokenizer.end_id}
     return tiktoken.Encoding("blu", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={})
 
-
-class Utf8StreamDecoder(StreamDecoder):
-    """Bytes in, whole characters out: a character split across tokens waits for its last byte;
-    bytes that can never form a character come out as U+FFFD, as `decode` gives them."""
-
-    def __init__(self, tokenizer: ByteLevelTokenizer):
-        super().__init__(tokenizer)
-        self.utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
-
-    def feed(self, token: int) -> str:
-        return self.utf8.decode(self.tokenizer.token_bytes[token])
-
-    def flush(self) -> str:
-        return self.utf8.decode(b"", final=True)
 
 
 def from_native_json(text: str) -> ByteLevelTokenizer:

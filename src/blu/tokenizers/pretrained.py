@@ -16,7 +16,6 @@ library's own decoding of every token at load: a tokenizer whose bytes cannot be
 is refused rather than scored wrongly.
 """
 
-import codecs
 import json
 from pathlib import Path
 import re
@@ -25,7 +24,7 @@ import numpy as np
 from tokenizers import Tokenizer as HFTokenizer
 
 from ..errors import BluError
-from .base import StreamDecoder, Tokenizer
+from .base import StreamDecoder, Tokenizer, Utf8StreamDecoder
 from .bytelevel import gpt2_byte_map
 
 SENTENCEPIECE_SPACE = "\u2581"  # "▁", SentencePiece's sign for a space
@@ -128,7 +127,7 @@ class PretrainedTokenizer(Tokenizer):
         return text[1:] if self.strips_first_space and text.startswith(" ") else text
 
     def stream_decoder(self) -> StreamDecoder:
-        return BytesStreamDecoder(self)
+        return Utf8StreamDecoder(self)
 
     def unknown_chars(self, text: str) -> list[str]:
         if self.unk_id is None:
@@ -144,20 +143,6 @@ class PretrainedTokenizer(Tokenizer):
                            "end_id": self.end_id, "stop_ids": self.stop_ids, "chat_template": self.chat_template},
                           ensure_ascii=False)
 
-
-class BytesStreamDecoder(StreamDecoder):
-    """Token bytes in, whole characters out (a character split over byte-fallback or
-    byte-level tokens waits for its last byte)."""
-
-    def __init__(self, tokenizer: PretrainedTokenizer):
-        super().__init__(tokenizer)
-        self.utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
-
-    def feed(self, token: int) -> str:
-        return self.utf8.decode(self.tokenizer.token_bytes[token])
-
-    def flush(self) -> str:
-        return self.utf8.decode(b"", final=True)
 
 
 def _json_file(path: Path, missing=None):
