@@ -117,3 +117,55 @@ def test_what_blu_cannot_import_from_gguf_is_refused(bpe_run, cli, tmp_path):
     (tmp_path / "junk.gguf").write_bytes(b"not a gguf file at all")
     code, _, err = cli("import", "--from", tmp_path / "junk.gguf", "--out", tmp_path / "run")
     assert code == 2 and "not a GGUF file" in err and not (tmp_path / "run").exists()
+
+
+def test_an_imported_model_exports_to_a_gguf_llama_cpp_runs_as_blu_does(tmp_path, cli, shakespeare):
+    """Guards against the GGUF export of an imported run naming the wrong pre-tokenizer, losing a special
+    token's type, the start token or the chat template, or giving llama.cpp other logits or text."""
+    import gguf
+    from pretrained_support import smollm_style_tokenizer, write_llama_folder
+    from tokenizers import pre_tokenizers
+
+    tokenizer = smollm_style_tokenizer(shakespeare.read_text(encoding="utf-8")[:200_000])
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([  # SmolLM2's own: digits one by one, then GPT-2's split
+        pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
+    write_llama_folder(tmp_path / "hf", tokenizer, "smollm")
+    assert cli("import", "--from", tmp_path / "hf", "--out", tmp_path / "run")[0] == 0
+    code, _, err = cli("export", "--run", tmp_path / "run", "--format", "gguf", "--out", tmp_path / "m.gguf")
+    assert code == 0, err
+    fields = gguf.GGUFReader(tmp_path / "m.gguf").fields
+    meta = {name: fields[name].contents() for name in ("tokenizer.ggml.pre", "tokenizer.chat_template",
+                                                       "tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id")}
+    _, model, ours = load_run(tmp_path / "run")
+    assert meta == {"tokenizer.ggml.pre": "smollm", "tokenizer.chat_template": ours.chat_template,
+                    "tokenizer.ggml.eos_token_id": 0, "tokenizer.ggml.eot_token_id": 2}
+    llm = llama_cpp.Llama(str(tmp_path / "m.gguf"), n_ctx=128, logits_all=True, n_threads=2, verbose=False)
+    for text in ["In 1599, 12345 men  came\n\nhome; they'll SAY 'tis 3.14", "<|im_start|>user typed as text 😀 日本語 ünï",
+                 "  x\t\ty  \r\n"]:
+        assert llm.tokenize(text.encode(), add_bos=False, special=False) == ours.encode(text), text
+    assert llm.tokenize(b"<|im_start|>", add_bos=False, special=True) == [1]  # a CONTROL token, as in the checkpoint
+    ids = ours.encode("KING RICHARD: Now is the winter of our discontent, 1485")
+    llm.eval(ids)
+    with torch.no_grad():
+        logits = model(torch.tensor([ids]))[0].numpy()
+    assert np.abs(np.asarray(llm.scores[: len(ids)]) - logits).max() < 1e-3
+    llm.reset()
+    greedy = []
+    for token in llm.generate(ids, temp=0.0, repeat_penalty=1.0):
+        if token in ours.stop_ids or len(greedy) == 40:
+            break
+        greedy.append(token)
+    code, text, _ = cli("generate", "--run", tmp_path / "run", "--prompt", ours.decode(ids), "--max-new-tokens", 40,
+                        "--temperature", 0)
+    assert code == 0 and text.rstrip("\n") == ours.decode(ids + greedy)
+
+
+def test_an_imported_tokenizer_llama_cpp_would_split_otherwise_is_refused(tmp_path, cli, shakespeare):
+    """Guards against a GGUF export whose tokenizer llama.cpp reads differently (SentencePiece style here)."""
+    from pretrained_support import llama_style_tokenizer, write_llama_folder
+
+    write_llama_folder(tmp_path / "hf", llama_style_tokenizer(shakespeare.read_text(encoding="utf-8")[:100_000]), "llama")
+    assert cli("import", "--from", tmp_path / "hf", "--out", tmp_path / "run")[0] == 0
+    code, _, err = cli("export", "--run", tmp_path / "run", "--format", "gguf", "--out", tmp_path / "m.gguf")
+    assert code == 2 and "SentencePiece" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "m.gguf").exists()

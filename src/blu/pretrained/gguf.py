@@ -16,31 +16,16 @@ from pathlib import Path
 
 import gguf
 import numpy as np
-from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
+from tokenizers import AddedToken, decoders, models
 from tokenizers import Tokenizer as HFTokenizer
 import torch
 
 from ..config import ModelConfig
 from ..errors import BluError
 from ..export.gguf import GGUF_TENSORS, gguf_name
+from ..tokenizers.llama_cpp import PRE_TOKENIZERS, pre_tokenizer
 from ..tokenizers.pretrained import PretrainedTokenizer
 from .hf import blu_weights
-
-
-def _gpt2_split():
-    return [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)]
-
-
-# llama.cpp's pre-tokenizer names (tokenizer.ggml.pre) and the `tokenizers` steps that split text as it does.
-PRE_TOKENIZERS = {
-    "gpt-2": _gpt2_split,
-    "default": _gpt2_split,
-    "smollm": lambda: [pre_tokenizers.Digits(individual_digits=True), *_gpt2_split()],
-    "llama-bpe": lambda: [
-        pre_tokenizers.Split(Regex(r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+"
-                                   r"[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)],
-}
 
 
 def read_gguf(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor], PretrainedTokenizer]:
@@ -127,8 +112,7 @@ def _tokenizer(path: Path, meta: dict) -> PretrainedTokenizer:
     vocab = {t: i for i, t in enumerate(tokens)}  # special tokens too, as Hugging Face files have them: they keep their ids
     # A merge whose result is no token cannot apply (blu writes one such, export/gguf_vocab's INERT_MERGE).
     built = HFTokenizer(models.BPE(vocab=vocab, merges=[m for m in merges if len(m) == 2 and m[0] + m[1] in vocab]))
-    steps = PRE_TOKENIZERS[pre]()
-    built.pre_tokenizer = steps[0] if len(steps) == 1 else pre_tokenizers.Sequence(steps)
+    built.pre_tokenizer = pre_tokenizer(pre)
     built.decoder = decoders.ByteLevel()
     for index in sorted(added):  # added in id order, so that each keeps its id
         token = AddedToken(added[index], special=types[index] == gguf.TokenType.CONTROL, normalized=False)
