@@ -107,7 +107,8 @@ def test_pre_tokenizers_split_text_as_llama_cpp_does(bpe_run, cli, tmp_path, pre
 def test_what_blu_cannot_import_from_gguf_is_refused(bpe_run, cli, tmp_path):
     """Guards against importing a GGUF whose tokenizer or architecture blu would get wrong, and against a half-written run."""
     assert cli("export", "--run", bpe_run, "--format", "gguf", "--out", tmp_path / "f32.gguf")[0] == 0
-    for changes, message in (({"tokenizer__ggml__model": "llama"}, "tokenizer.ggml.model = 'llama' is not supported yet"),
+    for changes, message in (({"tokenizer__ggml__model": "bert"}, "tokenizer.ggml.model = 'bert' is not supported"),
+                             ({"tokenizer__ggml__model": "llama"}, "tokenizer.ggml.scores has 0 values for 300 tokens"),
                              ({"tokenizer__ggml__pre": "qwen2"}, "tokenizer.ggml.pre = 'qwen2' is not supported"),
                              ({"llama__rope__dimension_count": 8}, "llama.rope.dimension_count = 8 is not supported")):
         path = rewritten(tmp_path / "f32.gguf", tmp_path / "changed.gguf", **changes)
@@ -169,3 +170,26 @@ def test_an_imported_tokenizer_llama_cpp_would_split_otherwise_is_refused(tmp_pa
     code, _, err = cli("export", "--run", tmp_path / "run", "--format", "gguf", "--out", tmp_path / "m.gguf")
     assert code == 2 and "SentencePiece" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "m.gguf").exists()
+
+
+@pytest.mark.parametrize("qtype", ["F16", "Q8_0", "Q4_0"])
+def test_a_sentencepiece_gguf_gives_llama_cpps_ids_and_logits(tmp_path, cli, shakespeare, qtype):
+    """Guards against a Llama 2-style GGUF (SentencePiece scores, byte fallback, a space put before
+    the text, <s> first) tokenized otherwise than llama.cpp does, or its weights read wrongly."""
+    from pretrained_support import llama_style_tokenizer, write_sentencepiece_gguf
+
+    path = write_sentencepiece_gguf(tmp_path / f"{qtype}.gguf",
+                                    llama_style_tokenizer(shakespeare.read_text(encoding="utf-8")[:100_000]), qtype)
+    _, model, tokenizer = imported(cli, tmp_path, path)
+    llm = llama_cpp.Llama(str(path), n_ctx=128, logits_all=True, n_threads=2, verbose=False)
+    for text in ["ROMEO: But soft, what light through yonder window breaks?", "  two spaces, a\ttab\r\nand CRLF",
+                 "emoji 😀, 日本語, combining e\u0301, a BOM \ufeff", "<s> typed as text </s>", " leading space", ""]:
+        assert tokenizer.encode(text) == llm.tokenize(text.encode(), add_bos=True, special=False), text
+    text = "KING RICHARD: Now is the winter of our discontent 😀"
+    ids = tokenizer.encode(text)
+    assert ids[0] == 1 and tokenizer.decode(ids) == text and tokenizer.stop_ids == [2]
+    llm.eval(ids)
+    with torch.no_grad():
+        ours = model(torch.tensor([ids]))[0].numpy()
+    # llama.cpp rounds activations to 8 bits against quantized weights (see above); f16 weights it multiplies in f16
+    assert np.abs(ours - np.asarray(llm.scores[: len(ids)])).max() < 0.01 * np.abs(ours).max(), qtype
