@@ -85,24 +85,26 @@ def _score_group(model, texts, group, width, device, alternatives, never, logpro
     for row, (i, start, end, _) in enumerate(group):
         rows[row, : end - start] = torch.tensor(texts[i][start:end])
     logits = model(rows.to(device)).float()  # (rows, width, vocab)
-    # Where each kept prediction is: (row, position in the window of the token it predicts from)
-    where = [(row, p - start - 1, i, p) for row, (i, start, end, first) in enumerate(group) for p in range(first, end)]
-    last = [(row, end - start - 1, i) for row, (i, start, end, _) in enumerate(group) if end == len(texts[i])]
-    for row, position, i in last:
-        next_logits[i] = logits[row, position].clone()
-    if not where:
+    for row, (i, start, end, _) in enumerate(group):
+        if end == len(texts[i]):
+            next_logits[i] = logits[row, end - start - 1].clone()
+    # The kept predictions, window by window: position q of a window predicts its token q + 1.
+    counts = [end - first for _, _, end, first in group]
+    if not sum(counts):
         return
-    row_index = torch.tensor([w[0] for w in where], device=device)
-    position_index = torch.tensor([w[1] for w in where], device=device)
-    targets = torch.tensor([texts[i][p] for _, _, i, p in where], device=device)
-    picked = torch.log_softmax(logits[row_index, position_index], dim=-1)  # (kept, vocab)
+    row_index = torch.repeat_interleave(torch.arange(len(group)), torch.tensor(counts))
+    position_index = torch.cat([torch.arange(first - start - 1, end - start - 1) for _, start, end, first in group])
+    targets = rows[row_index, position_index + 1].to(device)
+    picked = torch.log_softmax(logits[row_index.to(device), position_index.to(device)], dim=-1)  # (kept, vocab)
     chosen = picked.gather(1, targets[:, None])[:, 0].tolist()
     if alternatives:
         if never is not None:
             picked[:, never] = float("-inf")
         values, ids = picked.topk(min(alternatives, picked.shape[1]), dim=-1)
         values, ids = values.tolist(), ids.tolist()
-    for k, (_, _, i, p) in enumerate(where):
-        logprobs[i][p] = chosen[k]
+    kept = 0
+    for (i, _, end, first), count in zip(group, counts):
+        logprobs[i][first:end] = chosen[kept : kept + count]
         if alternatives:
-            top[i][p] = list(zip(ids[k], values[k]))
+            top[i][first:end] = [list(zip(a, b)) for a, b in zip(ids[kept : kept + count], values[kept : kept + count])]
+        kept += count
