@@ -14,7 +14,6 @@ about HTTP: it refuses a job by raising `events.Refused`."""
 
 from collections import deque
 from pathlib import Path
-import secrets
 import sys
 import threading
 import time
@@ -27,54 +26,26 @@ from ..errors import BluError
 from ..generate import forbid
 from ..runs import load_config, load_run
 from ..sampling import sample
-from ..text_stream import TextStream
-from .events import Candidate, Failure, Finish, Job, Refused, TextDelta, TokenInfo
+from .choice import Choice
+from .events import Candidate, Failure, Finish, Job, Refused, TokenInfo
 from .settings import ServerSettings
 
 RELOAD_CHECK_S = 0.5  # how often an idle engine looks for newer weights
-
-
-class Choice:
-    """A row of the batch: one choice of a job, its generator and its text stream."""
-
-    def __init__(self, job: Job, index: int, device, tokenizer):
-        self.job, self.index = job, index
-        seed = secrets.randbits(63) if job.seed is None else job.seed + index
-        self.generator = torch.Generator(device=device).manual_seed(seed)
-        self.text = TextStream(tokenizer, job.stop, job.max_tokens)
-        self.infos: dict[int, TokenInfo] = {}  # by position, until the text of their token is shown
-
-    def advance(self, token: int, info: TokenInfo | None, outgoing: list) -> bool:
-        """Take the next token and add what became safe to show to `outgoing`, as (job, event);
-        True when the choice is done."""
-        text = self.text
-        if info is not None:
-            self.infos[text.tokens] = info
-        shown = text.feed(token)
-        tokens = []
-        if self.infos:
-            for position, offset in text.released:
-                if (released := self.infos.pop(position, None)) is not None:
-                    released.offset = offset
-                    tokens.append(released)
-        if shown or tokens:
-            outgoing.append((self.job, TextDelta(self.index, shown, tokens)))
-        if text.reason is None:
-            return False
-        outgoing.append((self.job, Finish(self.index, text.reason, text.tokens)))
-        return True
 
 
 class Engine:
     """The batch and the thread that steps it. `submit` queues a job, `cancel` drops one.
 
     `capacity`: rows decoded together; `max_queue`: jobs that may wait for rows; `history`:
-    tokens each row keeps for the repetition penalty (the largest repetition_window served)."""
+    tokens each row keeps for the repetition penalty (the largest repetition_window served);
+    `stream_interval`: seconds between two deltas of a choice (see choice.py)."""
 
     def __init__(self, run_folder, device="cpu", capacity: int = ServerSettings.max_batch,
-                 max_queue: int = ServerSettings.max_queue, history: int = ServerSettings.max_repetition_window, log=None):
+                 max_queue: int = ServerSettings.max_queue, history: int = ServerSettings.max_repetition_window, log=None,
+                 stream_interval: float = ServerSettings.stream_interval_ms / 1000):
         self.folder, self.device = Path(run_folder), torch.device(device)
         self.capacity, self.max_queue, self.history = capacity, max_queue, history
+        self.stream_interval = stream_interval
         self.log = log or (lambda message: print(message, file=sys.stderr, flush=True))
         self.meta, self.model_config, _, self.tokenizer = load_config(self.folder)
         self.lock = threading.Condition()
@@ -160,7 +131,7 @@ class Engine:
         prompt = torch.tensor([job.prompt_ids] * job.n, device=self.device)
         logits = self.batch.add(prompt)
         self.logits = logits if self.logits is None else torch.cat((self.logits, logits))
-        self.rows.extend(Choice(job, index, self.device, self.tokenizer) for index in range(job.n))
+        self.rows.extend(Choice(job, index, self.device, self.tokenizer, self.stream_interval) for index in range(job.n))
         self._groups = None
         job.rows_left = job.n
 
@@ -178,9 +149,9 @@ class Engine:
         sampled = self._sample(forbid(self.logits, self.tokenizer.unk_id), self.batch.history)
         tokens = sampled.tolist()  # one device sync for the whole batch
         infos = self._token_infos(wanted, logprobs, sampled, tokens) if wanted else {}
-        outgoing, done = [], []
+        outgoing, done, now = [], [], time.monotonic()
         for row, (choice, token) in enumerate(zip(self.rows, tokens)):
-            if choice.advance(token, infos.get(row), outgoing):
+            if choice.advance(token, infos.get(row), now, outgoing):
                 done.append(row)
         for row in reversed(done):
             self._remove(row, tokens)
