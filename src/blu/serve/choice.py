@@ -1,11 +1,12 @@
 """A row of the engine's batch: one choice of a job, with its generator, its text stream, and
 the text it has shown but not yet sent.
 
-A choice sends its text at most once per `interval` seconds (and at once when it ends): every
-event costs the event loop a wake-up, a chunk and a write, and the client a read, per stream;
-on a small CPU that per-token cost, not the model, is what limited the server (BENCHMARKS.md,
-"Serving speed"). The text, its log-probabilities and where each token's text begins are the
-same whatever the interval: only how many pieces it comes in changes."""
+A choice sends its text at most once per `interval` seconds (the engine's, which grows with
+the rows: see Engine.interval) and at once when it ends: every event costs the event loop a
+wake-up, a chunk and a write, and the client a read, per stream; on a small CPU that per-token
+cost, not the model, is what limited the server (BENCHMARKS.md, "Serving speed"). The text, its
+log-probabilities and where each token's text begins are the same whatever the interval: only
+how many pieces it comes in changes."""
 
 import secrets
 
@@ -16,8 +17,8 @@ from .events import Finish, Job, TextDelta, TokenInfo
 
 
 class Choice:
-    def __init__(self, job: Job, index: int, device, tokenizer, interval: float = 0.0):
-        self.job, self.index, self.interval = job, index, interval
+    def __init__(self, job: Job, index: int, device, tokenizer):
+        self.job, self.index = job, index
         seed = secrets.randbits(63) if job.seed is None else job.seed + index
         self.generator = torch.Generator(device=device).manual_seed(seed)
         self.text = TextStream(tokenizer, job.stop, job.max_tokens)
@@ -25,9 +26,9 @@ class Choice:
         self.unsent, self.unsent_tokens = "", []  # shown, not yet sent
         self.due = 0.0  # when the next delta may go (time.monotonic): the first goes at once
 
-    def advance(self, token: int, info: TokenInfo | None, now: float, outgoing: list) -> bool:
-        """Take the next token; add what is due to its client to `outgoing`, as (job, event).
-        True when the choice is done."""
+    def advance(self, token: int, info: TokenInfo | None, now: float, interval: float, outgoing: list) -> bool:
+        """Take the next token; add what is due to its client to `outgoing`, as (job, event),
+        the next delta `interval` seconds after this one at the earliest. True when the choice is done."""
         text = self.text
         if info is not None:
             self.infos[text.tokens] = info
@@ -41,7 +42,7 @@ class Choice:
             return False
         if self.unsent or self.unsent_tokens:
             outgoing.append((self.job, TextDelta(self.index, self.unsent, self.unsent_tokens)))
-            self.unsent, self.unsent_tokens, self.due = "", [], now + self.interval
+            self.unsent, self.unsent_tokens, self.due = "", [], now + interval
         if text.reason is None:
             return False
         outgoing.append((self.job, Finish(self.index, text.reason, text.tokens)))

@@ -31,6 +31,9 @@ from .events import Candidate, Failure, Finish, Job, Refused, TokenInfo
 from .settings import ServerSettings
 
 RELOAD_CHECK_S = 0.5  # how often an idle engine looks for newer weights
+# Deltas a second, all streams together, beyond which each choice's interval grows: each costs the
+# server a write and the client a read, 0.14 ms of CPU in all (64 streams, 2-core machine, BENCHMARKS.md)
+DELTAS_PER_S = 1000
 
 
 class Engine:
@@ -38,7 +41,7 @@ class Engine:
 
     `capacity`: rows decoded together; `max_queue`: jobs that may wait for rows; `history`:
     tokens each row keeps for the repetition penalty (the largest repetition_window served);
-    `stream_interval`: seconds between two deltas of a choice (see choice.py)."""
+    `stream_interval`: seconds between two deltas of a choice at least (see `interval`)."""
 
     def __init__(self, run_folder, device="cpu", capacity: int = ServerSettings.max_batch,
                  max_queue: int = ServerSettings.max_queue, history: int = ServerSettings.max_repetition_window, log=None,
@@ -131,7 +134,7 @@ class Engine:
         prompt = torch.tensor([job.prompt_ids] * job.n, device=self.device)
         logits = self.batch.add(prompt)
         self.logits = logits if self.logits is None else torch.cat((self.logits, logits))
-        self.rows.extend(Choice(job, index, self.device, self.tokenizer, self.stream_interval) for index in range(job.n))
+        self.rows.extend(Choice(job, index, self.device, self.tokenizer) for index in range(job.n))
         self._groups = None
         job.rows_left = job.n
 
@@ -149,9 +152,9 @@ class Engine:
         sampled = self._sample(forbid(self.logits, self.tokenizer.unk_id), self.batch.history)
         tokens = sampled.tolist()  # one device sync for the whole batch
         infos = self._token_infos(wanted, logprobs, sampled, tokens) if wanted else {}
-        outgoing, done, now = [], [], time.monotonic()
+        outgoing, done, now, interval = [], [], time.monotonic(), self.interval
         for row, (choice, token) in enumerate(zip(self.rows, tokens)):
-            if choice.advance(token, infos.get(row), now, outgoing):
+            if choice.advance(token, infos.get(row), now, interval, outgoing):
                 done.append(row)
         for row in reversed(done):
             self._remove(row, tokens)
@@ -160,6 +163,12 @@ class Engine:
         for job, event in outgoing:
             job.send(event)
         self.logits = self.batch.step(torch.tensor(tokens, device=self.device)) if self.rows else None
+
+    @property
+    def interval(self) -> float:
+        """Seconds between two deltas of a choice: `stream_interval`, or longer when that would
+        make more than DELTAS_PER_S in all (64 streams: 64 ms); 0 (every token) stays 0."""
+        return max(self.stream_interval, len(self.rows) / DELTAS_PER_S) if self.stream_interval else 0.0
 
     def _sample(self, logits: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
         """A token for every row: rows with the same options are sampled together, each with its
