@@ -186,6 +186,7 @@ def main():
     parser.add_argument("--threads", type=int, help="torch threads of the library loop and of the server (OMP_NUM_THREADS; "
                         "default: torch's own choice); on a busy machine 1 thread is far steadier")
     parser.add_argument("--before", type=Path, help="another tree's src folder, served and measured beside this one")
+    parser.add_argument("--flags", default="", help="more `blu serve` flags for this tree's server, e.g. '--stream-interval 0'")
     parser.add_argument("--profile", action="store_true", help="py-spy this tree's server during 1 and the most streams")
     parser.add_argument("--smoke", action="store_true", help="a tiny random model, 20 tokens, 1 round, 1 and 4 streams, "
                         "this tree as its own --before; prints its figures without saving them")
@@ -202,8 +203,9 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(args.run) if args.run else random_run(Path(tmp), args.smoke)
         local = blu.load(folder)
-        servers = {name: Server(folder, "--max-batch", str(max(counts)), log=Path(tmp) / f"serve-{name}.log",
-                                env={**os.environ, "PYTHONPATH": str(src)}) for name, src in trees.items()}
+        servers = {name: Server(folder, "--max-batch", str(max(counts)), *(args.flags.split() if name == "after" else []),
+                                log=Path(tmp) / f"serve-{name}.log", env={**os.environ, "PYTHONPATH": str(src)})
+                   for name, src in trees.items()}
         clients = [httpx.Client() for _ in range(max(counts))]  # made before timing: each costs milliseconds
         try:
             for server in servers.values():  # warm up
@@ -242,7 +244,7 @@ def main():
     for summary in profiles:
         print(json.dumps(summary, indent=1))
     results = {"run": str(args.run or "random seed preset, char tokenizer"), "tokens": args.tokens, "rounds": args.rounds,
-               "threads": torch.get_num_threads(), "trees": {name: str(src) for name, src in trees.items()},
+               "threads": torch.get_num_threads(), "trees": {name: str(src) for name, src in trees.items()}, "flags": args.flags,
                "load_average": os.getloadavg(), "rows": rows, "cpu_rows": cpu_rows,
                "all_rounds": {f"{k[0]} {k[1]}": v for k, v in measured.items()}, "profiles": profiles}
     print(f"saved {save('serve_speed', results, smoke=args.smoke)}")
