@@ -41,14 +41,15 @@ def free_port() -> int:
 
 
 class Server:
-    """`blu serve --run RUN ARGS...` in a subprocess; stderr goes to a file for the tests to read."""
+    """`blu serve --run RUN ARGS...` in a subprocess; stderr goes to a file for the tests to read.
+    `env`: the process's environment (default: this one's), e.g. another PYTHONPATH to serve another tree."""
 
-    def __init__(self, run: Path, *args: str, wait_ready: bool = True, log: Path | None = None):
+    def __init__(self, run: Path, *args: str, wait_ready: bool = True, log: Path | None = None, env: dict | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log or run.parent / f"serve-{self.port}.log"
         command = [sys.executable, "-m", "blu", "serve", "--run", str(run), "--port", str(self.port), *args]
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=open(self.log, "w"))
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=open(self.log, "w"), env=env)
         self.wait(ready=wait_ready)
 
     def wait(self, ready: bool, timeout: float = 90) -> None:

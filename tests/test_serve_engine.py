@@ -257,3 +257,34 @@ def test_training_view_reads_metrics_and_samples(run):
     assert view.read(0)["progress"]["training"] is False
     os.utime(run / "metrics.jsonl")
     assert view.read(0)["progress"]["training"] is True
+
+
+def test_stream_interval_changes_only_how_many_pieces(engine, run):
+    """A choice's text sent at most every stream_interval (and at its end) is the same text, with
+    the same finish and token count, as sent token by token; 0 sends one piece per token (a char
+    run shows one character per token), a longer interval far fewer pieces."""
+    expected = "".join(blu.load(run).generate("ROMEO:", 200, seed=4, temperature=0.9, top_p=0.95))
+    pieces = {}
+    for interval in (0.0, 0.05):
+        engine.stream_interval = interval
+        new, texts = job(engine, "ROMEO:", 200, 4)
+        engine.submit(new)
+        assert texts.done.wait(30)
+        assert texts.texts == [expected] and texts.reasons == ["length"] and texts.tokens == [200]
+        pieces[interval] = texts.count
+    assert pieces[0.0] == 200
+    assert pieces[0.05] < 100
+
+
+def test_coalesce_joins_each_choices_waiting_deltas():
+    """A stream that fell behind writes one chunk per choice: each choice's deltas joined in the
+    place of its first, its log-probability entries kept in order, its Finish still after them."""
+    from blu.serve.events import Candidate, TokenInfo, coalesce
+
+    infos = [TokenInfo(Candidate(c, c.encode(), -1.0), [], offset) for offset, c in enumerate("abc")]
+    events = [TextDelta(0, "a", infos[:1]), TextDelta(1, "x", []), TextDelta(0, "bc", infos[1:]), Finish(0, "stop", 3),
+              TextDelta(1, "y", []), Finish(1, "length", 2)]
+    joined = coalesce(events)
+    assert [(type(e).__name__, e.index) for e in joined] == [("TextDelta", 0), ("TextDelta", 1), ("Finish", 0), ("Finish", 1)]
+    assert joined[0].text == "abc" and [t.offset for t in joined[0].tokens] == [0, 1, 2] and joined[1].text == "xy"
+    assert events[0].text == "a" and events[0].tokens == infos[:1], "the events themselves are left as they were"

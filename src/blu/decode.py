@@ -28,6 +28,7 @@ since queries share it): fill a cache with a `Decoder` only. The folded weights
 are a snapshot of the model's: build a `Decoder` per use of changing weights.
 """
 
+from itertools import groupby
 import math
 from typing import NamedTuple
 
@@ -278,11 +279,15 @@ class DecodeBatch:
         full = [row for row, length in enumerate(self.cache.lengths[: len(self)]) if length == self.cache.context]
         if len(full) == len(self):  # every row at once, as in `blu generate`: one prefill for all
             return self.decoder.prefill(self.history[:, -self.keep :], self.cache)
-        for row in full:  # re-encode all but the new token; the step below adds it
+        # Re-encode all but the new token (the step below adds it), one prefill for each run of
+        # adjacent full rows (row - i constant): a server's rows that started together refill together.
+        for _, run in groupby(enumerate(full), key=lambda item: item[1] - item[0]):
+            first, *others = [row for _, row in run]
+            count = 1 + len(others)
             if self.keep > 1:
-                self.decoder.prefill(self.history[row : row + 1, -self.keep : -1], self.cache, row)
+                self.decoder.prefill(self.history[first : first + count, -self.keep : -1], self.cache, first)
             else:
-                self.cache.reset(row, 1)
+                self.cache.reset(first, count)
         return self.decoder.step(tokens, self.cache)
 
     def remove(self, row: int) -> None:

@@ -61,7 +61,10 @@ def draw(weights: torch.Tensor, generator) -> torch.Tensor:
     `generator` is one generator for the whole batch, or a list of one per row (a server's rows
     belong to different requests): each row then draws exactly what it would draw alone."""
     if isinstance(generator, (list, tuple)):
-        noise = torch.cat([torch.empty_like(weights[:1]).exponential_(generator=g) for g in generator])
+        noise = torch.empty_like(weights)
+        # in place, row by row: the numbers a row draws alone (as many, contiguous), without a cat
+        for row, row_generator in zip(noise.unbind(0), generator):
+            row.exponential_(generator=row_generator)
     else:
         noise = torch.empty_like(weights).exponential_(generator=generator)
     noise = noise.clamp_min_(torch.finfo(weights.dtype).tiny)

@@ -32,6 +32,8 @@ class StopStrings:
         """The text that is now safe to show."""
         if self.stopped:
             return ""
+        if not self.stops:  # nothing can be held back (the server feeds every token of every row through here)
+            return piece
         self.pending += piece
         hits = [self.pending.find(s) for s in self.stops if s in self.pending]
         if hits:

@@ -216,7 +216,7 @@ def cmd_serve(args) -> int:
     settings = ServerSettings(run=Path(args.run), host=args.host, port=args.port, device=str(pick_device(args.device)),
                               api_key=args.api_key or None, cors_origins=tuple(args.cors_origin),
                               chat_template=Path(args.chat_template) if args.chat_template else None,
-                              max_batch=args.max_batch, max_queue=args.max_queue)
+                              max_batch=args.max_batch, max_queue=args.max_queue, stream_interval_ms=args.stream_interval)
     serve(settings)
     return 0
 

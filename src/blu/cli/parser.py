@@ -170,6 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="choices decoded together; more requests wait")
     srv.add_argument("--max-queue", type=int, default=ServerSettings.max_queue,
                      help="requests waiting; beyond it, 503 with Retry-After")
+    srv.add_argument("--stream-interval", type=int, default=ServerSettings.stream_interval_ms, metavar="MS",
+                     help="send each streamed choice's new text at most this often, less often with many streams "
+                     "(at most 1,000 pieces a second in all); 0: every token")
     srv.add_argument("--device", default=ServerSettings.device, choices=DEVICES, help="where to run the model")
 
     exp = commands.add_parser("export", help="export a run for other tools", formatter_class=fmt)

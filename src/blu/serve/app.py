@@ -30,7 +30,7 @@ from starlette.staticfiles import StaticFiles
 
 from .chat import ChatTemplate
 from .errors import ApiError, error_body
-from .events import Failure, Finish, PromptScores, Refused, TextDelta
+from .events import Failure, Finish, PromptScores, Refused, TextDelta, coalesce
 from .guard import Guard, error_response
 from .requests import Call, chat_call, completion_call
 from .responses import Collected, Responder
@@ -143,7 +143,7 @@ class Api:
                 while not queue.empty():
                     events.append(queue.get_nowait())
                 out = []
-                for event in events:
+                for event in coalesce(events):
                     if event is GONE:
                         return
                     if isinstance(event, Failure):  # after the 200: the error as an event, as the client reads it

@@ -17,7 +17,6 @@ about HTTP: it refuses a job by raising `events.Refused`."""
 
 from collections import deque
 from pathlib import Path
-import secrets
 import sys
 import threading
 import time
@@ -30,51 +29,30 @@ from ..errors import BluError
 from ..generate import forbid
 from ..runs import load_config, load_run
 from ..sampling import sample
-from ..text_stream import TextStream
-from .events import Candidate, Failure, Finish, Job, Refused, TextDelta, TokenInfo
+from .choice import Choice
+from .events import Candidate, Failure, Finish, Job, Refused, TokenInfo
 from .scoring import first_token, score_prompts, to_score
 from .settings import ServerSettings
 
 RELOAD_CHECK_S = 0.5  # how often an idle engine looks for newer weights
-
-
-class Choice:
-    """A row of the batch: one choice of a job, its generator and its text stream."""
-
-    def __init__(self, job: Job, index: int, device, tokenizer):
-        self.job, self.index = job, index
-        seed = secrets.randbits(63) if job.seed is None else job.seed + index
-        self.generator = torch.Generator(device=device).manual_seed(seed)
-        self.text = TextStream(tokenizer, job.stop, job.max_tokens)
-        self.infos: dict[int, TokenInfo] = {}  # by position, until the text of their token is shown
-
-    def advance(self, token: int, info: TokenInfo | None) -> bool:
-        """Take the next token and send what became safe to show; True when the choice is done."""
-        if info is not None:
-            self.infos[self.text.tokens] = info
-        shown = self.text.feed(token)
-        tokens = []
-        for position, offset in self.text.released:
-            if (released := self.infos.pop(position, None)) is not None:
-                released.offset = offset
-                tokens.append(released)
-        if shown or tokens:
-            self.job.send(TextDelta(self.index, shown, tokens))
-        if self.text.reason:
-            self.job.send(Finish(self.index, self.text.reason, self.text.tokens))
-        return self.text.reason is not None
+# Deltas a second, all streams together, beyond which each choice's interval grows: each costs the
+# server a write and the client a read, 0.14 ms of CPU in all (64 streams, 2-core machine, BENCHMARKS.md)
+DELTAS_PER_S = 1000
 
 
 class Engine:
     """The batch and the thread that steps it. `submit` queues a job, `cancel` drops one.
 
     `capacity`: rows decoded together; `max_queue`: jobs that may wait for rows; `history`:
-    tokens each row keeps for the repetition penalty (the largest repetition_window served)."""
+    tokens each row keeps for the repetition penalty (the largest repetition_window served);
+    `stream_interval`: seconds between two deltas of a choice at least (see `interval`)."""
 
     def __init__(self, run_folder, device="cpu", capacity: int = ServerSettings.max_batch,
-                 max_queue: int = ServerSettings.max_queue, history: int = ServerSettings.max_repetition_window, log=None):
+                 max_queue: int = ServerSettings.max_queue, history: int = ServerSettings.max_repetition_window, log=None,
+                 stream_interval: float = ServerSettings.stream_interval_ms / 1000):
         self.folder, self.device = Path(run_folder), torch.device(device)
         self.capacity, self.max_queue, self.history = capacity, max_queue, history
+        self.stream_interval = stream_interval
         self.log = log or (lambda message: print(message, file=sys.stderr, flush=True))
         self.meta, self.model_config, _, self.tokenizer = load_config(self.folder)
         self.lock = threading.Condition()
@@ -84,6 +62,7 @@ class Engine:
         self.batch: DecodeBatch | None = None  # None until the run has weights
         self.model = None  # the model itself, for scoring prompts (scoring.py)
         self.logits: torch.Tensor | None = None  # (rows, vocab): what each row samples from next
+        self._groups: list | None = None  # rows by sampling options (see _sample); None when rows changed
         self.weights_mtime: int | None = None
         self.reloads = 0  # newer weights picked up since the start
         self._checked = 0.0
@@ -168,7 +147,7 @@ class Engine:
         for job, logits in zip(jobs, score_prompts(self.model, self.tokenizer, jobs)):
             if job.max_tokens <= 1:
                 choices = [Choice(job, index, self.device, self.tokenizer) for index in range(job.n)]
-                first_token(choices, logits, self.batch.width, self.tokenizer.unk_id, self._token_info)
+                first_token(choices, logits, self.batch.width, self.tokenizer)
                 over.add(id(job))
         with self.lock:
             self.waiting = deque(job for job in self.waiting if id(job) not in over)
@@ -184,49 +163,75 @@ class Engine:
         logits = self.batch.add(prompt)
         self.logits = logits if self.logits is None else torch.cat((self.logits, logits))
         self.rows.extend(Choice(job, index, self.device, self.tokenizer) for index in range(job.n))
+        self._groups = None
         job.rows_left = job.n
 
     def _step(self) -> None:
-        """Sample one token for every row, send the text, drop the rows that are done, and
-        compute the next logits for the others."""
+        """Sample one token for every row, drop the rows that are done, send what the step
+        showed, and compute the next logits for the others."""
         for row in reversed(range(len(self.rows))):
             if self.rows[row].job.cancelled:
                 self._remove(row)
         if not self.rows:
             return
-        logits, history = self.logits, self.batch.history
-        wanted = any(choice.job.logprobs is not None for choice in self.rows)
-        logprobs = torch.log_softmax(logits.float(), dim=-1) if wanted else None
-        tokens = self._sample(forbid(logits, self.tokenizer.unk_id), history).tolist()  # one device sync for the whole batch
-        done = [row for row, (choice, token) in enumerate(zip(self.rows, tokens))
-                if choice.advance(token, self._token_info(logprobs[row], token, choice.job.logprobs)
-                                  if choice.job.logprobs is not None else None)]
+        wanted = [row for row, choice in enumerate(self.rows) if choice.job.logprobs is not None]
+        # the model's own log-probabilities: before <unk> is forbidden in the logits
+        logprobs = torch.log_softmax(self.logits[wanted].float(), dim=-1) if wanted else None
+        sampled = self._sample(forbid(self.logits, self.tokenizer.unk_id), self.batch.history)
+        tokens = sampled.tolist()  # one device sync for the whole batch
+        infos = self._token_infos(wanted, logprobs, sampled, tokens) if wanted else {}
+        outgoing, done, now, interval = [], [], time.monotonic(), self.interval
+        for row, (choice, token) in enumerate(zip(self.rows, tokens)):
+            if choice.advance(token, infos.get(row), now, interval, outgoing):
+                done.append(row)
         for row in reversed(done):
             self._remove(row, tokens)
+        # All of a step's events at once, before its forward: the event loop wakes once for them
+        # and writes them while this thread computes.
+        for job, event in outgoing:
+            job.send(event)
         self.logits = self.batch.step(torch.tensor(tokens, device=self.device)) if self.rows else None
+
+    @property
+    def interval(self) -> float:
+        """Seconds between two deltas of a choice: `stream_interval`, or longer when that would
+        make more than DELTAS_PER_S in all (64 streams: 64 ms); 0 (every token) stays 0."""
+        return max(self.stream_interval, len(self.rows) / DELTAS_PER_S) if self.stream_interval else 0.0
 
     def _sample(self, logits: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
         """A token for every row: rows with the same options are sampled together, each with its
         own generator (see sampling.draw), so a row draws what it would draw alone."""
-        groups: dict[SamplingOptions, list[int]] = {}
-        for row, choice in enumerate(self.rows):
-            groups.setdefault(choice.job.options, []).append(row)
-        if len(groups) == 1:  # the usual case: no gathering
-            (options, _), = groups.items()
-            return sample(logits, options, [choice.generator for choice in self.rows], history)
+        if self._groups is None:  # worked out again only when rows come or go
+            groups: dict[SamplingOptions, list[int]] = {}
+            for row, choice in enumerate(self.rows):
+                groups.setdefault(choice.job.options, []).append(row)
+            self._groups = [(options, torch.tensor(members, device=logits.device), [self.rows[r].generator for r in members])
+                            for options, members in groups.items()]
+        if len(self._groups) == 1:  # the usual case: no gathering
+            (options, _, generators), = self._groups
+            return sample(logits, options, generators, history)
         tokens = torch.empty(len(self.rows), dtype=torch.long, device=logits.device)
-        for options, members in groups.items():
-            index = torch.tensor(members, device=logits.device)
-            tokens[index] = sample(logits[index], options, [self.rows[r].generator for r in members], history[index])
+        for options, index, generators in self._groups:
+            tokens[index] = sample(logits[index], options, generators, history[index])
         return tokens
 
-    def _token_info(self, logprobs: torch.Tensor, token: int, alternatives: int) -> TokenInfo:
-        top = []
-        if alternatives:
-            candidates = forbid(logprobs.clone()[None], self.tokenizer.unk_id)[0]
-            values, ids = candidates.topk(min(alternatives, candidates.shape[0]))
-            top = [self._candidate(i, v) for i, v in zip(ids.tolist(), values.tolist())]
-        return TokenInfo(self._candidate(token, float(logprobs[token])), top)
+    def _token_infos(self, wanted: list[int], logprobs: torch.Tensor, sampled: torch.Tensor,
+                     tokens: list[int]) -> dict[int, TokenInfo]:
+        """The sampled token's log-probability and the likeliest alternatives, for each row in
+        `wanted` (whose log-probabilities are `logprobs`), read from the device at once."""
+        index = torch.tensor(wanted, device=logprobs.device)
+        chosen = logprobs.gather(1, sampled[index][:, None])[:, 0].tolist()
+        most = max(self.rows[row].job.logprobs for row in wanted)
+        values, ids = [[]] * len(wanted), [[]] * len(wanted)
+        if most:
+            top = forbid(logprobs.clone(), self.tokenizer.unk_id).topk(min(most, logprobs.shape[-1]), dim=-1)
+            values, ids = top.values.tolist(), top.indices.tolist()
+        infos = {}
+        for i, row in enumerate(wanted):
+            alternatives = self.rows[row].job.logprobs
+            infos[row] = TokenInfo(self._candidate(tokens[row], chosen[i]),
+                                   [self._candidate(t, v) for t, v in zip(ids[i][:alternatives], values[i][:alternatives])])
+        return infos
 
     def _candidate(self, token: int, logprob: float) -> Candidate:
         raw = self.tokenizer.token_bytes[token]
@@ -239,6 +244,7 @@ class Engine:
         self.batch.remove(row)
         self.rows[row] = self.rows[last]
         self.rows.pop()
+        self._groups = None
         self.logits[row] = self.logits[last]
         self.logits = self.logits[:last]
         if tokens is not None:
@@ -260,7 +266,7 @@ class Engine:
             self.active -= len(jobs)
         for job in jobs.values():
             job.send(Failure(message))
-        self.rows, self.logits = [], None
+        self.rows, self.logits, self._groups = [], None, None
         if self.batch is not None:
             self.batch = DecodeBatch(self.batch.decoder, self.capacity, self.history)
 

@@ -42,6 +42,22 @@ class TextDelta:
     tokens: list[TokenInfo]  # the tokens of that text, when log-probabilities were asked for
 
 
+def coalesce(events: list) -> list:
+    """`events` with each choice's text deltas joined into one, in the place of its first: a
+    stream that fell behind the engine writes one chunk per choice, not one per token. A
+    choice's Finish comes after its last delta, so each choice's events keep their order."""
+    out, deltas = [], {}
+    for event in events:
+        if isinstance(event, TextDelta):
+            if (first := deltas.get(event.index)) is not None:
+                first.text += event.text
+                first.tokens += event.tokens
+                continue
+            event = deltas[event.index] = TextDelta(event.index, event.text, list(event.tokens))
+        out.append(event)
+    return out
+
+
 @dataclass
 class Finish:
     index: int

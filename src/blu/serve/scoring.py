@@ -4,7 +4,7 @@ and across requests, before their jobs take rows.
 
 A job that generates at most one token needs no row at all: its token is sampled from the
 logits after the prompt that the scoring forward already computed (lm-evaluation-harness asks
-for exactly one), with the sampler and the text stream a row would use (engine.Choice)."""
+for exactly one), with the sampler and the text stream a row would use (choice.Choice)."""
 
 import torch
 
@@ -57,12 +57,20 @@ def prompt_infos(tokenizer, ids: list[int], scored, alternatives: int) -> list[T
     return infos
 
 
-def first_token(choices, logits: torch.Tensor, width: int, banned: int | None, token_info) -> None:
-    """Choices (engine.Choice, all of one job) that generate at most one token: it is drawn from
-    `logits` (vocab,) with the job's sampler and each choice's generator, the repetition history
-    padded as decode.DecodeBatch pads it, and fed to each choice, which sends its text and
-    Finish; never `banned` (the <unk> generation never emits). `token_info(logprobs, token,
-    alternatives)` is the engine's."""
+def token_info(tokenizer, logprobs: torch.Tensor, token: int, alternatives: int) -> TokenInfo:
+    """The drawn token's log-probability and the `alternatives` likeliest others (never <unk>)."""
+    top = []
+    if alternatives:
+        values, ids = forbid(logprobs.clone()[None], tokenizer.unk_id)[0].topk(min(alternatives, logprobs.shape[0]))
+        top = [candidate(tokenizer, i, v) for i, v in zip(ids.tolist(), values.tolist())]
+    return TokenInfo(candidate(tokenizer, token, float(logprobs[token])), top)
+
+
+def first_token(choices, logits: torch.Tensor, width: int, tokenizer) -> None:
+    """Choices (serve.choice.Choice, all of one job) that generate at most one token: it is drawn
+    from `logits` (vocab,) with the job's sampler and each choice's generator, the repetition
+    history padded as decode.DecodeBatch pads it, and fed to each choice, which sends its text and
+    Finish; never <unk> (generation never emits it)."""
     job = choices[0].job
     if job.max_tokens == 0:
         for choice in choices:
@@ -72,6 +80,10 @@ def first_token(choices, logits: torch.Tensor, width: int, banned: int | None, t
     logprobs = torch.log_softmax(rows.float(), dim=-1) if job.logprobs is not None else None
     recent = torch.tensor(job.prompt_ids[-width:], device=logits.device)
     history = torch.cat((recent[:1].expand(width - len(recent)), recent)).expand(len(choices), -1)
-    tokens = sample(forbid(rows, banned), job.options, [choice.generator for choice in choices], history).tolist()
+    tokens = sample(forbid(rows, tokenizer.unk_id), job.options, [choice.generator for choice in choices], history).tolist()
+    outgoing = []
     for row, (choice, token) in enumerate(zip(choices, tokens)):
-        choice.advance(token, None if logprobs is None else token_info(logprobs[row], token, job.logprobs))
+        info = None if logprobs is None else token_info(tokenizer, logprobs[row], token, job.logprobs)
+        choice.advance(token, info, 0.0, 0.0, outgoing)  # its only token: the choice ends and sends at once
+    for _, event in outgoing:
+        job.send(event)

@@ -21,7 +21,10 @@ def serve(settings: ServerSettings, log=None) -> None:
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
     if settings.max_batch < 1 or settings.max_queue < 1:  # every request waits in the queue, if only for a step
         raise BluError(f"--max-batch and --max-queue must be at least 1, got {settings.max_batch} and {settings.max_queue}")
-    engine = Engine(settings.run, settings.device, settings.max_batch, settings.max_queue, settings.max_repetition_window, log)
+    if settings.stream_interval_ms < 0:
+        raise BluError(f"--stream-interval must be 0 or more milliseconds, got {settings.stream_interval_ms}")
+    engine = Engine(settings.run, settings.device, settings.max_batch, settings.max_queue, settings.max_repetition_window, log,
+                    settings.stream_interval_ms / 1000)
     template = ChatTemplate.from_file(settings.chat_template) if settings.chat_template else ChatTemplate()
     check_template(template, engine.tokenizer)
     app = build_app(settings, engine, template)

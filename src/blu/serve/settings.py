@@ -17,6 +17,9 @@ class ServerSettings:
     chat_template: Path | None = None  # a text file holding the template (see chat.py); None = the plain transcript
     max_batch: int = 64  # rows (choices) decoded together; more waiting requests queue
     max_queue: int = 256  # requests waiting for a row; beyond it, 503 with Retry-After
+    # a streamed choice's text is sent at most this often (and when it ends), longer with many streams (at
+    # most 1,000 deltas a second in all: engine.DELTAS_PER_S); 0: every token
+    stream_interval_ms: int = 20
     # Caps on one request, against the denial of service that unbounded values caused elsewhere
     # (gpt4all #3635, llama.cpp #19367): answered with 400, not clamped, so a client sees why.
     max_tokens: int = 8192  # per choice; generation has no context limit, so this is the only one
