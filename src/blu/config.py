@@ -211,6 +211,12 @@ PRESETS = {
 }
 
 
+# `blu train --init-from`: the model is the parent's; the training is this (BENCHMARKS.md, "Fine-tuning").
+FINE_TUNE = Preset("fine-tuning another run's weights", ModelConfig(),
+                   TrainConfig(optimizer="adamw", batch_size=16, lr=3e-4, warmup_iters=20, weight_decay=0.0, eval_every=100),
+                   default_iters=300)
+
+
 DEFAULT_MAX_NEW_TOKENS = 500
 
 
