@@ -1,17 +1,17 @@
 """Fine-tuning with `blu train --init-from`: AdamW against Muon, at several learning rates, on
 parents pretrained with each, fine-tuned on text unlike what they learned.
 
-    python benchmarks/fine_tune.py [--parent-iters 400] [--iters 200] [--smoke]
+    python benchmarks/fine_tune.py [--parent-iters 300] [--iters 150] [--context 64] [--batch-size 16] [--smoke]
 
-The parents are `blu train` runs on tiny Shakespeare (the cpu preset's model, a BPE of 1,024
-tokens), one trained with AdamW (as the checkpoints people publish are) and one with Muon
-(blu's default). The new text is the Python documentation that ships with every Python
-(pydoc_data.topics, 465K characters of English about Python): other words, other style.
-Each fine-tune is a `blu train --init-from` process as a user runs it, with the fine-tuning
-defaults but for the optimizer and learning rate; the figures are its step-0 validation loss
-(the parent's), its best, and its loss afterwards on the parent's own validation text
-(`blu eval --data PARENT`: what was forgotten). A run from scratch on the new text with the
-same budget shows what starting from a parent is worth.
+The parents are `blu train` runs on tiny Shakespeare (the cpu preset's model at a context of 64
+and batches of 16, so that the grid fits a busy 2-core machine; a BPE of 1,024 tokens), one
+trained with AdamW (as the checkpoints people publish are) and one with Muon (blu's default). The
+new text is the Python documentation that ships with every Python (pydoc_data.topics, 465K
+characters of English about Python): other words, other style. Each fine-tune is a `blu train
+--init-from` process as a user runs it, with the fine-tuning defaults but for the optimizer and
+learning rate; the figures are its step-0 validation loss (the parent's), its best, and its loss
+afterwards on the parent's own validation text (`blu eval --data PARENT`: what was forgotten). A
+run from scratch on the new text with the same budget shows what starting from a parent is worth.
 """
 
 import argparse
@@ -62,27 +62,31 @@ def fine_tune(parent: Path, data: Path, out: Path, optimizer: str, lr: float, it
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--parent-iters", type=int, default=400, help="steps of each parent's training")
+    parser.add_argument("--parent-iters", type=int, default=300, help="steps of each parent's training")
     parser.add_argument("--parent-adamw-lr", type=float, default=1e-3, help="peak lr of the AdamW parent")
-    parser.add_argument("--iters", type=int, default=200, help="steps of each fine-tune")
+    parser.add_argument("--iters", type=int, default=150, help="steps of each fine-tune")
+    parser.add_argument("--context", type=int, default=64, help="the parents' context (the fine-tunes keep it)")
+    parser.add_argument("--batch-size", type=int, default=16, help="sequences per step, parents and fine-tunes")
     parser.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     args = parser.parse_args()
-    grid, model, chars = GRID, ["--tokenizer", "bpe", "--vocab-size", "1024"], None
+    grid, chars = GRID, None
+    model = ["--tokenizer", "bpe", "--vocab-size", "1024", "--context", str(args.context)]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         corpus = shakespeare()
         if args.smoke:
             smoke_cache(tmp)
             corpus, grid, chars = small_corpus(tmp), SMOKE_GRID, 20_000
-            args.parent_iters, args.iters, model = 10, 6, ["--tokenizer", "bpe", "--vocab-size", "300", *TINY_MODEL]
+            args.parent_iters, args.iters, model = 10, 6, ["--tokenizer", "bpe", "--vocab-size", "300", *TINY_MODEL[:-2]]
+            args.batch_size = 4
         data = new_text(tmp, chars)
-        extra = ["--eval-every", str(max(1, args.iters // 4))] + (TINY_MODEL[-2:] if args.smoke else [])
+        extra = ["--eval-every", str(max(1, args.iters // 3)), "--batch-size", str(args.batch_size)]
         parents = {}
         for optimizer in ("adamw", "muon"):
             parents[optimizer] = tmp / f"parent-{optimizer}"
             lr = ["--lr", args.parent_adamw_lr] if optimizer == "adamw" else []  # Muon: the preset's
             blu("train", "--data", corpus, "--preset", "cpu", *model, "--optimizer", optimizer, *lr,
-                "--iters", args.parent_iters, "--out", parents[optimizer])
+                "--batch-size", args.batch_size, "--iters", args.parent_iters, "--out", parents[optimizer])
         rows = []
         for parent_optimizer, parent in parents.items():
             for optimizer, rates in grid.items():
@@ -93,14 +97,16 @@ def main():
                     print(table(rows[-1:]), flush=True)
         # From scratch on the new text, the same budget, the parents' tokenizer: what a parent is worth.
         scratch = tmp / "scratch"
-        blu("train", "--data", data, "--preset", "cpu", *TINY_MODEL[:-2] if args.smoke else [],
-            "--tokenizer-from", parents["muon"], "--iters", args.iters, *extra, "--out", scratch)
-        rows.append({"parent": "none (from scratch, cpu preset)", "optimizer": "muon", "lr": 3e-3,
+        blu("train", "--data", data, "--preset", "cpu", *(TINY_MODEL[:-4] if args.smoke else []), "--context",
+            str(args.context if not args.smoke else 32), "--tokenizer-from", parents["muon"], "--iters", args.iters, *extra,
+            "--out", scratch)
+        rows.append({"parent": "none (from scratch, the cpu preset's Muon)", "optimizer": "muon", "lr": 3e-3,
                      "step0_val_loss": float("nan"), "best_val_loss": min(r["val_loss"] for r in evals(scratch)),
                      "best_val_bpb": min(r["val_bpb"] for r in evals(scratch)), "parent_text_val_loss": float("nan"),
                      "train_s": evals(scratch)[-1]["elapsed_s"]})
     print(table(rows))
-    print("wrote", save("fine_tune", {"parent_iters": args.parent_iters, "iters": args.iters, "rows": rows}, args.smoke))
+    print("wrote", save("fine_tune", {"parent_iters": args.parent_iters, "iters": args.iters, "context": args.context,
+                                      "batch_size": args.batch_size, "rows": rows}, args.smoke))
 
 
 if __name__ == "__main__":

@@ -154,7 +154,8 @@ def test_an_imported_model_fine_tuned_then_exported_generates_like_transformers(
     assert evals[-1] < evals[0] - 0.5, evals  # random weights learn the new text's tokens quickly
     assert cli("export", "--run", tmp_path / "tuned", "--out", tmp_path / "out")[0] == 0
 
-    reference, theirs = AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval(), AutoTokenizer.from_pretrained(tmp_path / "out")
+    reference = AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    theirs = AutoTokenizer.from_pretrained(tmp_path / "out")
     prompt = "KING RICHARD III:\n"
     ids = theirs(prompt, return_tensors="pt").input_ids
     assert ids[0].tolist() == load_run(tmp_path / "tuned")[2].encode(prompt)

@@ -41,7 +41,7 @@ class Choice:
         self.job, self.index = job, index
         seed = secrets.randbits(63) if job.seed is None else job.seed + index
         self.generator = torch.Generator(device=device).manual_seed(seed)
-        self.text = TextStream(tokenizer, job.stop, job.max_tokens)
+        self.text = TextStream(tokenizer, job.stop, job.max_tokens, job.stop_ids)
         self.infos: dict[int, TokenInfo] = {}  # by position, until the text of their token is shown
 
     def advance(self, token: int, info: TokenInfo | None) -> bool:

@@ -110,16 +110,17 @@ def check_common(body: dict, model_id: str) -> None:
                       name, "unsupported_parameter")
 
 
-def encode_prompt(text: str, tokenizer, param: str, settings: ServerSettings) -> list[int]:
-    """Prompt ids; characters outside the vocabulary are refused with a list of them (blu
-    generate drops them with a note on stderr, which an API client cannot read)."""
+def encode_prompt(text: str, tokenizer, param: str, settings: ServerSettings, encode=None) -> list[int]:
+    """Prompt ids (by `encode`, default the tokenizer's); characters outside the vocabulary are
+    refused with a list of them (blu generate drops them with a note on stderr, which an API
+    client cannot read)."""
     if len(text) > settings.max_prompt_chars:
         raise bad(f"the prompt is {len(text):,} characters; this server takes at most {settings.max_prompt_chars:,}",
                   param, "prompt_too_long")
     if unknown := tokenizer.unknown_chars(text):
         shown = "".join(unknown[:50]) + ("..." if len(unknown) > 50 else "")
         raise bad(f"the prompt has {len(unknown)} characters the model never saw: {shown!r}", param, "unknown_characters")
-    return tokenizer.encode(text)
+    return (encode or tokenizer.encode)(text)
 
 
 def job_for(body: dict, ids: list[int], tokenizer, settings: ServerSettings, max_tokens: int, stop: list[str],
@@ -187,7 +188,7 @@ def chat_call(body: dict, tokenizer, settings: ServerSettings, model_id: str, te
     check_common(body, model_id)
     messages = chat_messages(body)
     prompt = template.render(messages)
-    ids = encode_prompt(prompt, tokenizer, "messages", settings)
+    ids = encode_prompt(prompt, tokenizer, "messages", settings, lambda text: template.encode(text, tokenizer))
     top = integer(body, "top_logprobs", None, 0, MAX_TOP_LOGPROBS)
     wants_logprobs = boolean(body, "logprobs")
     if top is not None and not wants_logprobs:
@@ -198,5 +199,6 @@ def chat_call(body: dict, tokenizer, settings: ServerSettings, model_id: str, te
     max_tokens = integer({name: limit}, name, min(CHAT_MAX_TOKENS, settings.max_tokens), 0, settings.max_tokens)
     stop = stop_strings(body, settings) + template.stops(role for role, _ in messages)
     job = job_for(body, ids, tokenizer, settings, max_tokens, stop, logprobs)
+    job.stop_ids = template.stop_ids  # a run's own template ends the reply at its end-of-turn token
     stream, include_usage = stream_flags(body)
     return Call("chat", job, prompt, stream, include_usage, False, logprobs)
