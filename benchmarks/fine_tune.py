@@ -67,9 +67,12 @@ def main():
     parser.add_argument("--iters", type=int, default=150, help="steps of each fine-tune")
     parser.add_argument("--context", type=int, default=64, help="the parents' context (the fine-tunes keep it)")
     parser.add_argument("--batch-size", type=int, default=16, help="sequences per step, parents and fine-tunes")
+    parser.add_argument("--adamw-lr", type=float, nargs="*", default=GRID["adamw"], help="AdamW's learning rates")
+    parser.add_argument("--muon-lr", type=float, nargs="*", default=GRID["muon"], help="Muon's learning rates")
+    parser.add_argument("--name", default="fine_tune", help="name of the results file")
     parser.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     args = parser.parse_args()
-    grid, chars = GRID, None
+    grid, chars = {"adamw": args.adamw_lr, "muon": args.muon_lr}, None
     model = ["--tokenizer", "bpe", "--vocab-size", "1024", "--context", str(args.context)]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -105,7 +108,7 @@ def main():
                      "best_val_bpb": min(r["val_bpb"] for r in evals(scratch)), "parent_text_val_loss": float("nan"),
                      "train_s": evals(scratch)[-1]["elapsed_s"]})
     print(table(rows))
-    print("wrote", save("fine_tune", {"parent_iters": args.parent_iters, "iters": args.iters, "context": args.context,
+    print("wrote", save(args.name, {"parent_iters": args.parent_iters, "iters": args.iters, "context": args.context,
                                       "batch_size": args.batch_size, "rows": rows}, args.smoke))
 
 

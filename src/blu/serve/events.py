@@ -64,7 +64,7 @@ class Job:
     seed: int | None  # choice i draws from a generator seeded with seed + i
     stop: list[str]
     logprobs: int | None  # alternatives per token (0: only the chosen token's); None: none
-    stop_ids: list[int] | None = None  # the ids that end a choice; None: the tokenizer's (Tokenizer.stop_ids)
     send: Callable[[object], None] = print  # receives the events, from the engine thread: must be thread-safe
     cancelled: bool = False  # set when the client has gone: its rows leave before the next step
     rows_left: int = field(default=0, repr=False)
+    stop_ids: list[int] | None = None  # the ids that end a choice; None: the tokenizer's (Tokenizer.stop_ids)
