@@ -85,12 +85,13 @@ def main():
         data = new_text(tmp, chars)
         extra = ["--eval-every", str(max(1, args.iters // 3)), "--batch-size", str(args.batch_size)]
         parents = {}
-        for optimizer in ("adamw", "muon"):
+        for optimizer in ("adamw",) if args.smoke else ("adamw", "muon"):  # a smoke run: one parent
             parents[optimizer] = tmp / f"parent-{optimizer}"
             lr = ["--lr", args.parent_adamw_lr] if optimizer == "adamw" else []  # Muon: the preset's
             blu("train", "--data", corpus, "--preset", "cpu", *model, "--optimizer", optimizer, *lr,
                 "--batch-size", args.batch_size, "--iters", args.parent_iters, "--out", parents[optimizer])
         rows = []
+        parent_losses = {name: min(r["val_loss"] for r in evals(folder)) for name, folder in parents.items()}
         for parent_optimizer, parent in parents.items():
             for optimizer, rates in grid.items():
                 for lr in rates:
@@ -101,7 +102,7 @@ def main():
         # From scratch on the new text, the same budget, the parents' tokenizer: what a parent is worth.
         scratch = tmp / "scratch"
         blu("train", "--data", data, "--preset", "cpu", *(TINY_MODEL[:-4] if args.smoke else []), "--context",
-            str(args.context if not args.smoke else 32), "--tokenizer-from", parents["muon"], "--iters", args.iters, *extra,
+            str(args.context if not args.smoke else 32), "--tokenizer-from", parents["adamw"], "--iters", args.iters, *extra,
             "--out", scratch)
         rows.append({"parent": "none (from scratch, the cpu preset's Muon)", "optimizer": "muon", "lr": 3e-3,
                      "step0_val_loss": float("nan"), "best_val_loss": min(r["val_loss"] for r in evals(scratch)),
@@ -109,7 +110,8 @@ def main():
                      "train_s": evals(scratch)[-1]["elapsed_s"]})
     print(table(rows))
     print("wrote", save(args.name, {"parent_iters": args.parent_iters, "iters": args.iters, "context": args.context,
-                                      "batch_size": args.batch_size, "rows": rows}, args.smoke))
+                                      "batch_size": args.batch_size, "parent_val_loss": parent_losses, "rows": rows},
+                        args.smoke))
 
 
 if __name__ == "__main__":

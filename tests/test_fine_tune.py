@@ -60,7 +60,7 @@ def test_step_zero_is_blu_eval_of_the_parent_on_the_same_text(tmp_path, cli, par
     meta = json.loads((child / "config.json").read_text())
     expected = hashlib.sha256((parent / "model.safetensors").read_bytes()).hexdigest()
     assert meta["init_from"] == {"path": str(parent.resolve()), "weights_sha256": expected}
-    assert meta["train"]["optimizer"] == "adamw" and meta["train"]["iters"] == 10  # the fine-tuning defaults, its budget
+    assert meta["train"]["optimizer"] == "muon" and meta["train"]["iters"] == 10  # the fine-tuning defaults, its budget
     assert (child / "tokenizer.json").read_text() == (parent / "tokenizer.json").read_text()
     parent_model = json.loads((parent / "config.json").read_text())["model"]
     assert meta["model"] == parent_model
