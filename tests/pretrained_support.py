@@ -75,3 +75,53 @@ def write_llama_folder(folder: Path, tokenizer: Tokenizer, style: str, seed: int
     model.save_pretrained(folder, **({"max_shard_size": "100KB"} if change.pop("sharded", False) else {}))
     write_tokenizer_folder(folder, tokenizer, style)  # after: save_pretrained writes its own generation_config.json
     return model
+
+
+def write_sentencepiece_gguf(path: Path, tokenizer: Tokenizer, qtype: str, seed: int = 0) -> Path:
+    """A llama GGUF file written with the gguf package's writer, as llama.cpp's converter writes a
+    Llama 2-style model: the SentencePiece tokenizer as tokens, scores (the merge order: a later
+    token scores lower) and types, no merges; random weights of a small Llama in `qtype`."""
+    import gguf
+    import numpy as np
+    import torch
+
+    from blu.config import ModelConfig
+    from blu.export.gguf import gguf_tensors
+    from blu.model import Transformer
+
+    vocab = tokenizer.get_vocab(with_added_tokens=True)
+    tokens = sorted(vocab, key=vocab.get)
+    kinds = {"<unk>": gguf.TokenType.UNKNOWN, "<s>": gguf.TokenType.CONTROL, "</s>": gguf.TokenType.CONTROL}
+    types = [kinds.get(t, gguf.TokenType.BYTE if t.startswith("<0x") and len(t) == 6 else gguf.TokenType.NORMAL)
+             for t in tokens]
+    config = ModelConfig(vocab_size=len(tokens), dim=64, n_layer=2, n_head=4, n_kv_head=2, hidden_dim=128, context=128,
+                         rope_theta=10000.0, norm_eps=1e-5, tie_embeddings=False)
+    torch.manual_seed(seed)
+    model = Transformer(config)
+    writer = gguf.GGUFWriter(path, "llama")
+    for add, value in ((writer.add_context_length, config.context), (writer.add_embedding_length, config.dim),
+                       (writer.add_block_count, config.n_layer), (writer.add_feed_forward_length, config.hidden_dim),
+                       (writer.add_head_count, config.n_head), (writer.add_head_count_kv, config.n_kv_head),
+                       (writer.add_rope_dimension_count, config.head_dim), (writer.add_rope_freq_base, config.rope_theta),
+                       (writer.add_layer_norm_rms_eps, config.norm_eps)):
+        add(value)
+    writer.add_tokenizer_model("llama")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(tokens)
+    writer.add_token_scores([0.0 if i < 3 else -float(i) for i in range(len(tokens))])
+    writer.add_token_types(types)
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    writer.add_unk_token_id(0)
+    writer.add_add_bos_token(True)
+    writer.add_add_space_prefix(True)
+    chosen = getattr(gguf.GGMLQuantizationType, qtype)
+    for name, tensor in gguf_tensors(model).items():
+        array = tensor.numpy()
+        kind = chosen if tensor.dim() == 2 else gguf.GGMLQuantizationType.F32
+        writer.add_tensor(name, np.ascontiguousarray(gguf.quants.quantize(array, kind)), raw_dtype=kind)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path

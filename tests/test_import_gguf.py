@@ -107,7 +107,8 @@ def test_pre_tokenizers_split_text_as_llama_cpp_does(bpe_run, cli, tmp_path, pre
 def test_what_blu_cannot_import_from_gguf_is_refused(bpe_run, cli, tmp_path):
     """Guards against importing a GGUF whose tokenizer or architecture blu would get wrong, and against a half-written run."""
     assert cli("export", "--run", bpe_run, "--format", "gguf", "--out", tmp_path / "f32.gguf")[0] == 0
-    for changes, message in (({"tokenizer__ggml__model": "llama"}, "tokenizer.ggml.model = 'llama' is not supported yet"),
+    for changes, message in (({"tokenizer__ggml__model": "bert"}, "tokenizer.ggml.model = 'bert' is not supported"),
+                             ({"tokenizer__ggml__model": "llama"}, "tokenizer.ggml.scores has 0 values for 300 tokens"),
                              ({"tokenizer__ggml__pre": "qwen2"}, "tokenizer.ggml.pre = 'qwen2' is not supported"),
                              ({"llama__rope__dimension_count": 8}, "llama.rope.dimension_count = 8 is not supported")):
         path = rewritten(tmp_path / "f32.gguf", tmp_path / "changed.gguf", **changes)
@@ -117,3 +118,78 @@ def test_what_blu_cannot_import_from_gguf_is_refused(bpe_run, cli, tmp_path):
     (tmp_path / "junk.gguf").write_bytes(b"not a gguf file at all")
     code, _, err = cli("import", "--from", tmp_path / "junk.gguf", "--out", tmp_path / "run")
     assert code == 2 and "not a GGUF file" in err and not (tmp_path / "run").exists()
+
+
+def test_an_imported_model_exports_to_a_gguf_llama_cpp_runs_as_blu_does(tmp_path, cli, shakespeare):
+    """Guards against the GGUF export of an imported run naming the wrong pre-tokenizer, losing a special
+    token's type, the start token or the chat template, or giving llama.cpp other logits or text."""
+    import gguf
+    from pretrained_support import smollm_style_tokenizer, write_llama_folder
+    from tokenizers import pre_tokenizers
+
+    tokenizer = smollm_style_tokenizer(shakespeare.read_text(encoding="utf-8")[:200_000])
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([  # SmolLM2's own: digits one by one, then GPT-2's split
+        pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
+    write_llama_folder(tmp_path / "hf", tokenizer, "smollm")
+    assert cli("import", "--from", tmp_path / "hf", "--out", tmp_path / "run")[0] == 0
+    code, _, err = cli("export", "--run", tmp_path / "run", "--format", "gguf", "--out", tmp_path / "m.gguf")
+    assert code == 0, err
+    fields = gguf.GGUFReader(tmp_path / "m.gguf").fields
+    meta = {name: fields[name].contents() for name in ("tokenizer.ggml.pre", "tokenizer.chat_template",
+                                                       "tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id")}
+    _, model, ours = load_run(tmp_path / "run")
+    assert meta == {"tokenizer.ggml.pre": "smollm", "tokenizer.chat_template": ours.chat_template,
+                    "tokenizer.ggml.eos_token_id": 0, "tokenizer.ggml.eot_token_id": 2}
+    llm = llama_cpp.Llama(str(tmp_path / "m.gguf"), n_ctx=128, logits_all=True, n_threads=2, verbose=False)
+    for text in ["In 1599, 12345 men  came\n\nhome; they'll SAY 'tis 3.14", "<|im_start|>user typed as text 😀 日本語 ünï",
+                 "  x\t\ty  \r\n"]:
+        assert llm.tokenize(text.encode(), add_bos=False, special=False) == ours.encode(text), text
+    assert llm.tokenize(b"<|im_start|>", add_bos=False, special=True) == [1]  # a CONTROL token, as in the checkpoint
+    ids = ours.encode("KING RICHARD: Now is the winter of our discontent, 1485")
+    llm.eval(ids)
+    with torch.no_grad():
+        logits = model(torch.tensor([ids]))[0].numpy()
+    assert np.abs(np.asarray(llm.scores[: len(ids)]) - logits).max() < 1e-3
+    llm.reset()
+    greedy = []
+    for token in llm.generate(ids, temp=0.0, repeat_penalty=1.0):
+        if token in ours.stop_ids or len(greedy) == 40:
+            break
+        greedy.append(token)
+    code, text, _ = cli("generate", "--run", tmp_path / "run", "--prompt", ours.decode(ids), "--max-new-tokens", 40,
+                        "--temperature", 0)
+    assert code == 0 and text.rstrip("\n") == ours.decode(ids + greedy)
+
+
+def test_an_imported_tokenizer_llama_cpp_would_split_otherwise_is_refused(tmp_path, cli, shakespeare):
+    """Guards against a GGUF export whose tokenizer llama.cpp reads differently (SentencePiece style here)."""
+    from pretrained_support import llama_style_tokenizer, write_llama_folder
+
+    write_llama_folder(tmp_path / "hf", llama_style_tokenizer(shakespeare.read_text(encoding="utf-8")[:100_000]), "llama")
+    assert cli("import", "--from", tmp_path / "hf", "--out", tmp_path / "run")[0] == 0
+    code, _, err = cli("export", "--run", tmp_path / "run", "--format", "gguf", "--out", tmp_path / "m.gguf")
+    assert code == 2 and "SentencePiece" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "m.gguf").exists()
+
+
+@pytest.mark.parametrize("qtype", ["F16", "Q8_0", "Q4_0"])
+def test_a_sentencepiece_gguf_gives_llama_cpps_ids_and_logits(tmp_path, cli, shakespeare, qtype):
+    """Guards against a Llama 2-style GGUF (SentencePiece scores, byte fallback, a space put before
+    the text, <s> first) tokenized otherwise than llama.cpp does, or its weights read wrongly."""
+    from pretrained_support import llama_style_tokenizer, write_sentencepiece_gguf
+
+    path = write_sentencepiece_gguf(tmp_path / f"{qtype}.gguf",
+                                    llama_style_tokenizer(shakespeare.read_text(encoding="utf-8")[:100_000]), qtype)
+    _, model, tokenizer = imported(cli, tmp_path, path)
+    llm = llama_cpp.Llama(str(path), n_ctx=128, logits_all=True, n_threads=2, verbose=False)
+    for text in ["ROMEO: But soft, what light through yonder window breaks?", "  two spaces, a\ttab\r\nand CRLF",
+                 "emoji 😀, 日本語, combining e\u0301, a BOM \ufeff", "<s> typed as text </s>", " leading space", ""]:
+        assert tokenizer.encode(text) == llm.tokenize(text.encode(), add_bos=True, special=False), text
+    text = "KING RICHARD: Now is the winter of our discontent 😀"
+    ids = tokenizer.encode(text)
+    assert ids[0] == 1 and tokenizer.decode(ids) == text and tokenizer.stop_ids == [2]
+    llm.eval(ids)
+    with torch.no_grad():
+        ours = model(torch.tensor([ids]))[0].numpy()
+    # llama.cpp rounds activations to 8 bits against quantized weights (see above); f16 weights it multiplies in f16
+    assert np.abs(ours - np.asarray(llm.scores[: len(ids)])).max() < 0.01 * np.abs(ours).max(), qtype

@@ -10,8 +10,9 @@ and the token limit, in one object that `blu generate`, `generate_many` and the 
 
 After each `feed` or `finish`, `released` lists the tokens whose text that call completed, with
 where that text begins in the text shown, so that something reported per token (the server's
-log-probabilities) goes out with the text it belongs to. Tokens of a stop string, and the end
-token, are never released: their text is never shown.
+log-probabilities) goes out with the text it belongs to. Tokens of a stop string are never
+released: their text is never shown. The end token, which stands for no text, is released where
+the text ends (it was generated, and counted, as any other).
 """
 
 from collections import deque
@@ -76,7 +77,10 @@ class TextStream:
         position, self.tokens = self.tokens, self.tokens + 1
         if token in self.end_ids:
             self.reason = "stop"
-            return self._show(self._flush())
+            shown = self._show(self._flush())
+            if not self.stops.stopped:
+                self.released.append((position, self._shown))
+            return shown
         piece = self.decoder.feed(token)
         self._unshown.append((position, self._decoded, self._decoded + len(piece)))
         self._decoded += len(piece)

@@ -14,6 +14,9 @@ symbols up in the token list (a symbol that is no token is dropped).
   pieces does not matter: each known character becomes its token whatever surrounds it. A
   character outside the vocabulary ends as symbols that are no token, so llama.cpp drops it,
   as blu drops it from prompts. `<unk>` (id 0) is a CONTROL token.
+- `hf` (an imported checkpoint's tokenizer.json): written as it is when it is a byte-level BPE
+  with a pre-tokenizer llama.cpp has a name for (pretrained_vocab); its start and end tokens,
+  whether it begins texts with the start token, and its chat template go with it.
 """
 
 from dataclasses import dataclass
@@ -24,8 +27,9 @@ import gguf
 from ..errors import BluError
 from ..tokenizers import UNK
 from ..tokenizers.bytelevel import END_OF_TEXT, gpt2_byte_map
+from ..tokenizers.llama_cpp import PRE_TOKENIZERS, pre_tokenizer_name
 
-NORMAL, CONTROL = gguf.TokenType.NORMAL, gguf.TokenType.CONTROL
+NORMAL, CONTROL, USER_DEFINED = gguf.TokenType.NORMAL, gguf.TokenType.CONTROL, gguf.TokenType.USER_DEFINED
 
 # llama.cpp requires a merges list for `gpt2` and gguf's writer cannot write an empty one, so a
 # vocabulary with no merges gets this one, which can never apply: no merge builds its left side
@@ -52,30 +56,34 @@ class GGUFVocab:
     tokens: list[str]  # in id order
     types: list[gguf.TokenType]
     merges: list[str]  # "left right", in rank order
-    bos: int  # what blu starts an empty prompt after; llama.cpp never adds it (add_bos false)
-    eos: int  # where llama.cpp's generation stops
+    bos: int | None  # what blu starts an empty prompt after
+    eos: int | None  # where llama.cpp's generation stops
     unk: int | None = None
+    pre: str = "gpt-2"  # llama.cpp's pre-tokenizer (tokenizers/llama_cpp.py)
+    add_bos: bool = False  # blu trains with no beginning-of-text token; an imported tokenizer says
+    eot: int | None = None  # a second id generation stops at (an imported chat model's end of turn)
+    chat_template: str | None = None
 
     def write(self, writer: gguf.GGUFWriter) -> None:
         writer.add_tokenizer_model("gpt2")
-        writer.add_tokenizer_pre("gpt-2")
+        writer.add_tokenizer_pre(self.pre)
         writer.add_token_list(self.tokens)
         writer.add_token_types(self.types)
         writer.add_token_merges(self.merges or [INERT_MERGE])
-        writer.add_bos_token_id(self.bos)
-        writer.add_eos_token_id(self.eos)
-        if self.unk is not None:
-            writer.add_unk_token_id(self.unk)
-        writer.add_add_bos_token(False)  # blu trains with no beginning-of-text token
+        for index, add in ((self.bos, writer.add_bos_token_id), (self.eos, writer.add_eos_token_id),
+                           (self.unk, writer.add_unk_token_id), (self.eot, writer.add_eot_token_id)):
+            if index is not None:
+                add(index)
+        writer.add_add_bos_token(self.add_bos)
         writer.add_add_eos_token(False)
+        if self.chat_template:
+            writer.add_chat_template(self.chat_template)
 
 
 def gguf_vocab(tokenizer) -> GGUFVocab:
     """The GGUF tokenizer of a blu tokenizer; a BluError if llama.cpp could not tokenize as blu does."""
-    if tokenizer.kind == "hf":
-        raise BluError("GGUF export of an imported tokenizer is not supported yet; export it with --format hf "
-                       "and convert that with llama.cpp's convert_hf_to_gguf.py")
-    vocab = char_vocab(tokenizer) if tokenizer.kind == "char" else byte_level_vocab(tokenizer)
+    makers = {"char": char_vocab, "hf": pretrained_vocab}
+    vocab = makers.get(tokenizer.kind, byte_level_vocab)(tokenizer)
     if len(set(vocab.tokens)) != len(vocab.tokens):
         raise BluError("the vocabulary has two tokens with the same text, which llama.cpp cannot tell apart")
     for token, kind in zip(vocab.tokens, vocab.types):
@@ -107,15 +115,9 @@ def char_vocab(tokenizer) -> GGUFVocab:
 def byte_level_vocab(tokenizer) -> GGUFVocab:
     data = json.loads(tokenizer.to_json())
     check_llama_cpp_can_split_as(data)
-    vocab = tokenizer.hf.get_vocab(with_added_tokens=True)
-    tokens = sorted(vocab, key=vocab.get)
-    if [vocab[t] for t in tokens] != list(range(len(tokens))):
-        raise BluError("tokenizer.json's token ids are not 0 to vocab_size - 1 without gaps, which llama.cpp needs")
-    merges = [m if isinstance(m, str) else " ".join(m) for m in data["model"]["merges"]]
-    if any(m.count(" ") != 1 for m in merges):
-        raise BluError("tokenizer.json has a merge that is not two byte-level tokens, which llama.cpp cannot read")
+    tokens = _ordered_tokens(tokenizer.hf)
     types = [CONTROL if t == END_OF_TEXT else NORMAL for t in tokens]
-    return GGUFVocab(tokens, types, merges, bos=tokenizer.start_ids()[0], eos=tokenizer.end_id)
+    return GGUFVocab(tokens, types, _merges(data), bos=tokenizer.start_ids()[0], eos=tokenizer.end_id)
 
 
 def check_llama_cpp_can_split_as(data: dict) -> None:
@@ -134,3 +136,55 @@ def check_llama_cpp_can_split_as(data: dict) -> None:
     for what, differs in differences.items():
         if differs:
             raise BluError(f"tokenizer.json has {what}, which llama.cpp's gpt-2 tokenizer cannot reproduce")
+
+
+def _ordered_tokens(hf) -> list[str]:
+    vocab = hf.get_vocab(with_added_tokens=True)
+    tokens = sorted(vocab, key=vocab.get)
+    if [vocab[t] for t in tokens] != list(range(len(tokens))):
+        raise BluError("tokenizer.json's token ids are not 0 to vocab_size - 1 without gaps, which llama.cpp needs")
+    return tokens
+
+
+def _merges(data: dict) -> list[str]:
+    merges = [m if isinstance(m, str) else " ".join(m) for m in data["model"].get("merges", [])]
+    if any(m.count(" ") != 1 for m in merges):
+        raise BluError("tokenizer.json has a merge that is not two byte-level tokens, which llama.cpp cannot read")
+    return merges
+
+
+def pretrained_vocab(tokenizer) -> GGUFVocab:
+    """An imported byte-level BPE tokenizer.json as llama.cpp's `gpt2` tokenizer with the
+    pre-tokenizer it names; anything llama.cpp would tokenize differently is refused by name.
+    Special tokens become CONTROL (matched in text only when asked, as blu's policy), other added
+    tokens USER_DEFINED (always matched, as `tokenizers` does)."""
+    data = tokenizer.original
+    model, decoder = data.get("model", {}), data.get("decoder") or {}
+    decoders = decoder.get("decoders", [decoder]) if decoder.get("type") == "Sequence" else [decoder]
+    if model.get("type") != "BPE" or [d.get("type") for d in decoders] != ["ByteLevel"]:
+        raise BluError("GGUF export of an imported tokenizer needs a byte-level BPE (a BPE model with the ByteLevel "
+                       "decoder); SentencePiece-style tokenizers are not supported yet: use --format hf")
+    pre = pre_tokenizer_name(data)
+    if pre is None:
+        raise BluError(f"tokenizer.json's pre-tokenizer is none that llama.cpp names ({', '.join(PRE_TOKENIZERS)}), "
+                       "so llama.cpp would split text differently: use --format hf")
+    differences = {
+        "a normalizer": data.get("normalizer") is not None,
+        "dropout, subword prefixes or suffixes or byte fallback":
+            bool(model.get("dropout") or model.get("continuing_subword_prefix") or model.get("end_of_word_suffix")
+                 or model.get("byte_fallback")),
+        f"ignore_merges set differently from llama.cpp's {pre}": bool(model.get("ignore_merges")) != (pre == "llama-bpe"),
+        "an added token that strips spaces around it": any(t.get("lstrip") or t.get("rstrip")
+                                                            for t in data.get("added_tokens", [])),
+    }
+    for what, differs in differences.items():
+        if differs:
+            raise BluError(f"tokenizer.json has {what}, which llama.cpp's gpt2 tokenizer cannot reproduce")
+    tokens = _ordered_tokens(tokenizer.hf)
+    added = {t["id"]: t.get("special", False) for t in data.get("added_tokens", [])}
+    types = [(CONTROL if added[i] else USER_DEFINED) if i in added else NORMAL for i in range(len(tokens))]
+    others = [i for i in tokenizer.stop_ids if i != tokenizer.end_id]
+    if len(others) > 1:
+        raise BluError(f"the tokenizer stops at {len(others) + 1} ids; a GGUF file can name two (eos and eot)")
+    return GGUFVocab(tokens, types, _merges(data), bos=tokenizer.bos_id, eos=tokenizer.end_id, pre=pre,
+                     add_bos=tokenizer.add_bos, eot=others[0] if others else None, chat_template=tokenizer.chat_template)

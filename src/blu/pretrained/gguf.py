@@ -6,41 +6,21 @@ to float32 with numpy. llama.cpp's converter interleaved each head's query and k
 rotary pairing (export/gguf.py writes them so); they are put back in transformers' order, and
 from there the tensors take the same road as a Hugging Face folder's (hf.py).
 
-The tokenizer is rebuilt from `tokenizer.ggml.*` as a `tokenizers` file for the byte-level BPE
-(`gpt2`) models whose pre-tokenizer is one of PRE_TOKENIZERS; SentencePiece vocabularies
-(`llama`) and other pre-tokenizers are refused by name.
+The tokenizer is rebuilt from `tokenizer.ggml.*` (gguf_tokenizer.py).
 """
 
-import json
 from pathlib import Path
 
 import gguf
 import numpy as np
-from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
-from tokenizers import Tokenizer as HFTokenizer
 import torch
 
 from ..config import ModelConfig
 from ..errors import BluError
 from ..export.gguf import GGUF_TENSORS, gguf_name
 from ..tokenizers.pretrained import PretrainedTokenizer
+from .gguf_tokenizer import gguf_tokenizer
 from .hf import blu_weights
-
-
-def _gpt2_split():
-    return [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)]
-
-
-# llama.cpp's pre-tokenizer names (tokenizer.ggml.pre) and the `tokenizers` steps that split text as it does.
-PRE_TOKENIZERS = {
-    "gpt-2": _gpt2_split,
-    "default": _gpt2_split,
-    "smollm": lambda: [pre_tokenizers.Digits(individual_digits=True), *_gpt2_split()],
-    "llama-bpe": lambda: [
-        pre_tokenizers.Split(Regex(r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+"
-                                   r"[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)],
-}
 
 
 def read_gguf(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor], PretrainedTokenizer]:
@@ -53,7 +33,7 @@ def read_gguf(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor], Pretrai
     arch = meta.get("general.architecture")
     if arch != "llama":
         raise BluError(f"{path}: general.architecture = {arch!r}; only llama can be imported")
-    tokenizer = _tokenizer(path, meta)
+    tokenizer = gguf_tokenizer(path, meta)
     config = _config(path, meta, tokenizer.vocab_size, tied="output.weight" not in {t.name for t in reader.tensors})
     tensors = {}
     for tensor in reader.tensors:
@@ -111,32 +91,3 @@ def rotary_halves(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
     back to row j of its first and of its second half."""
     rows = weight.shape[0]
     return weight.reshape(n_heads, rows // n_heads // 2, 2, *weight.shape[1:]).transpose(1, 2).reshape(weight.shape)
-
-
-def _tokenizer(path: Path, meta: dict) -> PretrainedTokenizer:
-    model = meta.get("tokenizer.ggml.model")
-    if model != "gpt2":
-        raise BluError(f"{path}: tokenizer.ggml.model = {model!r} is not supported yet (only gpt2, byte-level BPE)")
-    pre = meta.get("tokenizer.ggml.pre", "default")
-    if pre not in PRE_TOKENIZERS:
-        raise BluError(f"{path}: tokenizer.ggml.pre = {pre!r} is not supported (known: {', '.join(PRE_TOKENIZERS)})")
-    tokens, types = list(meta["tokenizer.ggml.tokens"]), list(meta.get("tokenizer.ggml.token_type", []))
-    merges = [tuple(m.split(" ", 1)) for m in meta.get("tokenizer.ggml.merges", [])]
-    added = {i: t for i, (t, kind) in enumerate(zip(tokens, types))
-             if kind in (gguf.TokenType.CONTROL, gguf.TokenType.USER_DEFINED)}
-    vocab = {t: i for i, t in enumerate(tokens)}  # special tokens too, as Hugging Face files have them: they keep their ids
-    # A merge whose result is no token cannot apply (blu writes one such, export/gguf_vocab's INERT_MERGE).
-    built = HFTokenizer(models.BPE(vocab=vocab, merges=[m for m in merges if len(m) == 2 and m[0] + m[1] in vocab]))
-    steps = PRE_TOKENIZERS[pre]()
-    built.pre_tokenizer = steps[0] if len(steps) == 1 else pre_tokenizers.Sequence(steps)
-    built.decoder = decoders.ByteLevel()
-    for index in sorted(added):  # added in id order, so that each keeps its id
-        token = AddedToken(added[index], special=types[index] == gguf.TokenType.CONTROL, normalized=False)
-        if built.add_special_tokens([token]) != 1 or built.token_to_id(added[index]) != index:
-            raise BluError(f"{path}: the special token {added[index]!r} (id {index}) cannot keep its id")
-    bos, eos = meta.get("tokenizer.ggml.bos_token_id"), meta.get("tokenizer.ggml.eos_token_id")
-    stops = [i for i in (eos, meta.get("tokenizer.ggml.eot_token_id")) if i is not None]
-    return PretrainedTokenizer(json.loads(built.to_str()), None if bos is None else int(bos),
-                               bool(meta.get("tokenizer.ggml.add_bos_token", False)) and bos is not None,
-                               None if eos is None else int(eos), [int(i) for i in stops],
-                               meta.get("tokenizer.chat_template"))

@@ -6,6 +6,8 @@ error shape everywhere.
     GET  /v1/models             the one model: the run folder's name, context, vocabulary, tokenizer
     POST /v1/completions        OpenAI completions, streamed or not
     POST /v1/chat/completions   OpenAI chat completions on the run's chat template or a transcript (chat.py)
+    POST /tokenize              text to the run's token ids, POST /detokenize ids to text, GET
+                                /tokenizer_info: vLLM's shapes, which lm-evaluation-harness reads (tokenizer_routes.py)
     GET  /api/training          the training view's data (watch.py)
 
 A request is read into a `Call` (requests.py), its job submitted to the engine, and the events
@@ -28,11 +30,12 @@ from starlette.staticfiles import StaticFiles
 
 from .chat import ChatTemplate
 from .errors import ApiError, error_body
-from .events import Failure, Finish, Refused, TextDelta
+from .events import Failure, Finish, PromptScores, Refused, TextDelta
 from .guard import Guard, error_response
 from .requests import Call, chat_call, completion_call
 from .responses import Collected, Responder
 from .settings import ServerSettings
+from .tokenizer_routes import detokenize, tokenize, tokenizer_info
 from .transport import GONE, EventStream, Outbox, read_body, watch_disconnect
 from .watch import TrainingView
 
@@ -54,6 +57,8 @@ class Api:
         return [Route("/", self.page), Route("/health", self.health), Route("/v1/models", self.models),
                 Route("/v1/completions", self.completions, methods=["POST"]),
                 Route("/v1/chat/completions", self.chat_completions, methods=["POST"]),
+                Route("/tokenize", self.tokenize, methods=["POST"]), Route("/detokenize", self.detokenize, methods=["POST"]),
+                Route("/tokenizer_info", self.tokenizer_info),
                 Route("/api/training", self.training), Mount("/static", StaticFiles(directory=STATIC), name="static")]
 
     async def page(self, request: Request):
@@ -82,6 +87,17 @@ class Api:
         return await self._answer(request, chat_call(body, self.engine.tokenizer, self.settings, self.model_id,
                                                      self.template))
 
+    async def tokenize(self, request: Request):
+        body = await read_body(request, self.settings.max_body_bytes)
+        return JSONResponse(tokenize(body, self.engine.tokenizer, self.settings, self.engine.model_config.context))
+
+    async def detokenize(self, request: Request):
+        body = await read_body(request, self.settings.max_body_bytes)
+        return JSONResponse(detokenize(body, self.engine.tokenizer, self.settings))
+
+    async def tokenizer_info(self, request: Request):
+        return JSONResponse(tokenizer_info(self.engine.tokenizer, self.engine.model_config.context))
+
     async def training(self, request: Request):
         since = request.query_params.get("since", "0")
         return JSONResponse({**self.training_view.read(int(since) if since.isdigit() else 0), "ready": self.engine.ready})
@@ -91,19 +107,20 @@ class Api:
     async def _answer(self, request: Request, call: Call):
         queue = asyncio.Queue()
         self.outbox.bind(asyncio.get_running_loop())
-        call.job.send = lambda event: self.outbox.put(queue, event)  # called from the engine thread
+        for prompt, job in enumerate(call.jobs):  # called from the engine thread
+            job.send = numbered(lambda event: self.outbox.put(queue, event), prompt, call.n)
         try:
-            self.engine.submit(call.job)
+            self.engine.submit(*call.jobs)
         except Refused as refused:
             raise ApiError(503, str(refused), code=refused.code, headers={"Retry-After": str(refused.retry_after_s)}) from None
         responder = Responder(call, self.model_id)
         if call.stream:
-            return EventStream(self._stream(queue, call, responder), queue, lambda: self.engine.cancel(call.job))
+            return EventStream(self._stream(queue, call, responder), queue, lambda: self.engine.cancel(*call.jobs))
         return await self._collect(request, queue, call, responder)
 
     async def _collect(self, request: Request, queue: asyncio.Queue, call: Call, responder: Responder):
-        watcher = asyncio.create_task(watch_disconnect(request.receive, queue, lambda: self.engine.cancel(call.job)))
-        collected = Collected(call.job.n)
+        watcher = asyncio.create_task(watch_disconnect(request.receive, queue, lambda: self.engine.cancel(*call.jobs)))
+        collected = Collected(call.choices)
         try:
             while not collected.done:
                 event = await queue.get()
@@ -113,7 +130,7 @@ class Api:
         finally:
             watcher.cancel()
             if not collected.done:
-                self.engine.cancel(call.job)
+                self.engine.cancel(*call.jobs)
         return JSONResponse(responder.whole(collected))
 
     async def _stream(self, queue: asyncio.Queue, call: Call, responder: Responder):
@@ -121,7 +138,7 @@ class Api:
         yield [json.dumps(chunk) for chunk in responder.opening_chunks()]
         finished = generated = 0
         try:
-            while finished < call.job.n:
+            while finished < call.choices:
                 events = [await queue.get()]
                 while not queue.empty():
                     events.append(queue.get_nowait())
@@ -134,14 +151,32 @@ class Api:
                         return
                     if isinstance(event, TextDelta):
                         out.append(json.dumps(responder.delta_chunk(event)))
+                    elif isinstance(event, PromptScores):
+                        out.extend(json.dumps(chunk) for chunk in responder.prompt_chunks(event))
                     elif isinstance(event, Finish):
                         finished, generated = finished + 1, generated + event.completion_tokens
                         out.append(json.dumps(responder.finish_chunk(event.index, event.reason)))
                 yield out
             yield ([json.dumps(responder.usage_chunk(generated))] if call.include_usage else []) + ["[DONE]"]
         finally:
-            if finished < call.job.n:
-                self.engine.cancel(call.job)
+            if finished < call.choices:
+                self.engine.cancel(*call.jobs)
+
+
+def numbered(put, prompt: int, n: int):
+    """The send of prompt `prompt`'s job: its events numbered as the answer numbers its choices
+    (choice i of prompt p is p * n + i), before `put`. Prompt 0's are already."""
+    if prompt == 0:
+        return put
+
+    def send(event):
+        if isinstance(event, (TextDelta, Finish)):
+            event.index += prompt * n
+        elif isinstance(event, PromptScores):
+            event.prompt = prompt
+        put(event)
+
+    return send
 
 
 async def api_error(request: Request, error: ApiError):

@@ -9,6 +9,9 @@ own options and its own `torch.Generator`, through `sampling.sample`, exactly as
 does for one text; so a seeded request gives the text `blu generate` gives, unless sharing the
 batch changes a logit enough to flip a draw (see the README, "Same seed, same text").
 
+A job that asked for its prompt's scores (echo with logprobs) has its prompt scored first, with
+the other waiting prompts in one batched forward (scoring.py).
+
 Events go back through `Job.send`, which must be thread-safe. Nothing in this module knows
 about HTTP: it refuses a job by raising `events.Refused`."""
 
@@ -29,6 +32,7 @@ from ..runs import load_config, load_run
 from ..sampling import sample
 from ..text_stream import TextStream
 from .events import Candidate, Failure, Finish, Job, Refused, TextDelta, TokenInfo
+from .scoring import first_token, score_prompts, to_score
 from .settings import ServerSettings
 
 RELOAD_CHECK_S = 0.5  # how often an idle engine looks for newer weights
@@ -78,6 +82,7 @@ class Engine:
         self.active = 0  # jobs submitted and not yet over: waiting, running, or cancelled and not yet dropped
         self.rows: list[Choice] = []
         self.batch: DecodeBatch | None = None  # None until the run has weights
+        self.model = None  # the model itself, for scoring prompts (scoring.py)
         self.logits: torch.Tensor | None = None  # (rows, vocab): what each row samples from next
         self.weights_mtime: int | None = None
         self.reloads = 0  # newer weights picked up since the start
@@ -99,20 +104,23 @@ class Engine:
             self.lock.notify()
         self._thread.join(timeout=10)
 
-    def submit(self, job: Job) -> None:
+    def submit(self, *jobs: Job) -> None:
+        """Queue the jobs of one request, all or none (a request of many prompts is refused only
+        when the queue is already full)."""
         with self.lock:
             if not self.ready:
                 raise Refused(f"{self.folder} has no weights yet: training saves them at its first evaluation",
                               "model_not_ready", 5)
             if len(self.waiting) >= self.max_queue:
                 raise Refused(f"the server is busy ({len(self.waiting)} requests waiting); retry later", "queue_full", 1)
-            self.waiting.append(job)
-            self.active += 1
+            self.waiting.extend(jobs)
+            self.active += len(jobs)
             self.lock.notify()
 
-    def cancel(self, job: Job) -> None:
+    def cancel(self, *jobs: Job) -> None:
         with self.lock:
-            job.cancelled = True
+            for job in jobs:
+                job.cancelled = True
             self.lock.notify()
 
     def _loop(self) -> None:
@@ -126,6 +134,7 @@ class Engine:
                 try:
                     if not self.rows:  # between requests: a newer model.safetensors is picked up here
                         self._reload_if_newer()
+                    self._score_waiting()
                     self._admit_waiting()
                     if self.rows:
                         self._step()
@@ -142,9 +151,28 @@ class Engine:
                 if not self.waiting or self.waiting[0].n > self.capacity - len(self.rows):
                     return
                 job = self.waiting[0]
+                if job.score is not None and not job.scored and not job.cancelled:
+                    return  # its prompt is scored first, at the next turn
             self._admit(job)
             with self.lock:
                 self.waiting.popleft()
+
+    def _score_waiting(self) -> None:
+        """Score the prompts due this turn (scoring.to_score); a job that generates at most one
+        token is then done without taking a row."""
+        with self.lock:
+            jobs = to_score(self.waiting)
+        if not jobs:
+            return
+        over = set()
+        for job, logits in zip(jobs, score_prompts(self.model, self.tokenizer, jobs)):
+            if job.max_tokens <= 1:
+                choices = [Choice(job, index, self.device, self.tokenizer) for index in range(job.n)]
+                first_token(choices, logits, self.batch.width, self.tokenizer.unk_id, self._token_info)
+                over.add(id(job))
+        with self.lock:
+            self.waiting = deque(job for job in self.waiting if id(job) not in over)
+            self.active -= len(over)
 
     def _admit(self, job: Job) -> None:
         if job.cancelled or job.max_tokens == 0:
@@ -260,4 +288,4 @@ class Engine:
         with self.lock:
             if self.batch is not None:
                 self.reloads += 1
-            self.batch, self.weights_mtime = batch, mtime
+            self.batch, self.model, self.weights_mtime = batch, model, mtime

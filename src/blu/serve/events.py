@@ -1,5 +1,6 @@
-"""What passes between the API and the engine: a `Job` in; `TextDelta`, `Finish` and `Failure`
-events out; `Refused` when the engine cannot take a job. The only module both sides import."""
+"""What passes between the API and the engine: a `Job` in; `PromptScores`, `TextDelta`, `Finish`
+and `Failure` events out; `Refused` when the engine cannot take a job. The only module both sides
+import."""
 
 from dataclasses import dataclass, field
 from typing import Callable, NamedTuple
@@ -12,7 +13,7 @@ class Candidate(NamedTuple):
 
     text: str  # its bytes as text (U+FFFD where it holds part of a character)
     bytes: bytes  # its own bytes (tokenizer.token_bytes): joined, a text's tokens give the text's bytes
-    logprob: float
+    logprob: float | None  # None for a prompt's first token, which nothing before it predicts
 
 
 @dataclass
@@ -21,8 +22,17 @@ class TokenInfo:
     truncation, as vLLM reports them), and the likeliest alternatives when they were asked for."""
 
     chosen: Candidate
-    top: list[Candidate]
+    top: list[Candidate] | None  # None for a prompt's first token
     offset: int = 0  # where its text begins in the choice's text (filled in when the text is shown)
+
+
+@dataclass
+class PromptScores:
+    """The job's prompt scored (Job.score): a TokenInfo per prompt token, offsets into the
+    prompt's text; sent once, before the choices' first text."""
+
+    tokens: list[TokenInfo]
+    prompt: int = 0  # which prompt of its request (set by the API, which knows the request's prompts)
 
 
 @dataclass
@@ -66,5 +76,7 @@ class Job:
     logprobs: int | None  # alternatives per token (0: only the chosen token's); None: none
     send: Callable[[object], None] = print  # receives the events, from the engine thread: must be thread-safe
     cancelled: bool = False  # set when the client has gone: its rows leave before the next step
+    score: int | None = None  # score the prompt first (PromptScores), with this many alternatives per token; None: no
     rows_left: int = field(default=0, repr=False)
+    scored: bool = field(default=False, repr=False)
     stop_ids: list[int] | None = None  # the ids that end a choice; None: the tokenizer's (Tokenizer.stop_ids)

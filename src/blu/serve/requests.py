@@ -1,5 +1,5 @@
 """Requests: the bodies of /v1/completions and /v1/chat/completions read strictly into a `Call`,
-the engine's `Job` and how to answer it.
+the engine's `Job`s (one per prompt) and how to answer them.
 
 Every value is checked before anything is sent back, so that a bad one is a 400 in OpenAI's
 error shape and never a failure inside a stream (llama.cpp #14566). The sampling values go
@@ -14,6 +14,7 @@ from ..errors import BluError
 from .chat import ChatTemplate
 from .errors import ApiError
 from .events import Job
+from .prompts import completion_prompts, encode_prompt
 from .settings import ServerSettings
 
 CHAT_MAX_TOKENS = 1024  # chat's default reply length: OpenAI's is "up to the context", which blu does not have
@@ -28,15 +29,25 @@ UNSUPPORTED = {"frequency_penalty": 0, "presence_penalty": 0, "logit_bias": None
 
 @dataclass
 class Call:
-    """A checked request: the job for the engine and how to shape its answer."""
+    """A checked request: the jobs for the engine, one per prompt, and how to shape the answer.
+    Choice i of prompt p is choice p * n + i of the answer."""
 
     kind: str  # "completion" or "chat"
-    job: Job
-    prompt: str  # the prompt as the model reads it (the chat transcript for chat)
+    jobs: list[Job]
+    texts: list[str]  # each prompt's text as the model reads it (the chat transcript for chat), echoed with echo
     stream: bool
     include_usage: bool
     echo: bool
     logprobs: int | None  # alternatives per token; None = no log-probabilities
+    prompt_tokens: int  # the prompts' tokens, for usage (an empty prompt's start_ids are not the user's)
+
+    @property
+    def n(self) -> int:
+        return self.jobs[0].n
+
+    @property
+    def choices(self) -> int:
+        return len(self.jobs) * self.n
 
 
 def bad(message: str, param: str | None, code: str = "invalid_value") -> ApiError:
@@ -110,25 +121,12 @@ def check_common(body: dict, model_id: str) -> None:
                       name, "unsupported_parameter")
 
 
-def encode_prompt(text: str, tokenizer, param: str, settings: ServerSettings, encode=None) -> list[int]:
-    """Prompt ids (by `encode`, default the tokenizer's); characters outside the vocabulary are
-    refused with a list of them (blu generate drops them with a note on stderr, which an API
-    client cannot read)."""
-    if len(text) > settings.max_prompt_chars:
-        raise bad(f"the prompt is {len(text):,} characters; this server takes at most {settings.max_prompt_chars:,}",
-                  param, "prompt_too_long")
-    if unknown := tokenizer.unknown_chars(text):
-        shown = "".join(unknown[:50]) + ("..." if len(unknown) > 50 else "")
-        raise bad(f"the prompt has {len(unknown)} characters the model never saw: {shown!r}", param, "unknown_characters")
-    return (encode or tokenizer.encode)(text)
-
-
 def job_for(body: dict, ids: list[int], tokenizer, settings: ServerSettings, max_tokens: int, stop: list[str],
-            logprobs: int | None) -> Job:
+            logprobs: int | None, score: int | None = None) -> Job:
     n_cap = min(settings.max_n, settings.max_batch)
     return Job(prompt_ids=ids or tokenizer.start_ids(), n=integer(body, "n", 1, 1, n_cap), max_tokens=max_tokens,
                options=sampling_options(body, settings), seed=integer(body, "seed", None, *SEED_RANGE), stop=stop,
-               logprobs=logprobs)
+               logprobs=logprobs, score=score if ids else None)
 
 
 def stream_flags(body: dict) -> tuple[bool, bool]:
@@ -142,25 +140,18 @@ def stream_flags(body: dict) -> tuple[bool, bool]:
 
 
 def completion_call(body: dict, tokenizer, settings: ServerSettings, model_id: str) -> Call:
+    """Each prompt (prompts.py) becomes a job; with echo and logprobs its prompt is scored too."""
     check_common(body, model_id)
-    prompt = body.get("prompt", "")
-    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
-        prompt = prompt[0]
-    if isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
-        if not all(1 <= t < tokenizer.vocab_size and t != tokenizer.unk_id for t in prompt):
-            raise bad(f"prompt token ids must be from 1 to {tokenizer.vocab_size - 1} (not <unk>)", "prompt")
-        prompt = tokenizer.decode(prompt)
-    if not isinstance(prompt, str):
-        raise bad("prompt must be a string, a list of one string, or a list of token ids (one prompt per request)", "prompt")
-    ids = encode_prompt(prompt, tokenizer, "prompt", settings)
+    prompts = completion_prompts(body.get("prompt", ""), tokenizer, settings)
     logprobs = integer(body, "logprobs", None, 0, MAX_COMPLETION_LOGPROBS)
     echo = boolean(body, "echo")
-    if echo and logprobs is not None:
-        raise bad("echo with logprobs (the prompt's log-probabilities) is not supported", "echo", "unsupported_parameter")
     max_tokens = integer(body, "max_tokens", 16, 0, settings.max_tokens)
-    job = job_for(body, ids, tokenizer, settings, max_tokens, stop_strings(body, settings), logprobs)
+    stop = stop_strings(body, settings)
+    score = logprobs if echo else None
+    jobs = [job_for(body, ids, tokenizer, settings, max_tokens, stop, logprobs, score) for ids, _ in prompts]
     stream, include_usage = stream_flags(body)
-    return Call("completion", job, prompt, stream, include_usage, echo, logprobs)
+    return Call("completion", jobs, [text for _, text in prompts], stream, include_usage, echo, logprobs,
+                sum(len(ids) for ids, _ in prompts))
 
 
 def chat_messages(body: dict) -> list[tuple[str, str]]:
@@ -201,4 +192,4 @@ def chat_call(body: dict, tokenizer, settings: ServerSettings, model_id: str, te
     job = job_for(body, ids, tokenizer, settings, max_tokens, stop, logprobs)
     job.stop_ids = template.stop_ids  # a run's own template ends the reply at its end-of-turn token
     stream, include_usage = stream_flags(body)
-    return Call("chat", job, prompt, stream, include_usage, False, logprobs)
+    return Call("chat", [job], [prompt], stream, include_usage, False, logprobs, len(job.prompt_ids))

@@ -1,12 +1,16 @@
 """Responses: OpenAI's objects, as the official `openai` client reads them (its types/completion*.py
 and types/chat/chat_completion*.py), built from the engine's events: one `Responder` per request
-builds its chunks when streamed, and `Collected` gathers the events of an answer that is not."""
+builds its chunks when streamed, and `Collected` gathers the events of an answer that is not.
+
+Choice c of an answer is choice c % n of prompt c // n (requests.Call). With echo and logprobs,
+a choice's log-probabilities are its prompt's tokens' (the first one's null: nothing predicts
+it), then its own."""
 
 import secrets
 import time
 
 from .errors import ApiError
-from .events import Failure, Finish, TextDelta, TokenInfo
+from .events import Failure, Finish, PromptScores, TextDelta, TokenInfo
 from .requests import Call
 
 
@@ -18,7 +22,8 @@ class Responder:
         self.chat = call.kind == "chat"
         self.id = ("chatcmpl-" if self.chat else "cmpl-") + secrets.token_hex(12)
         self.created = int(time.time())
-        self.text_start = len(call.prompt) if call.echo else 0  # where the completion begins in the text returned
+        # where each prompt's completions begin in the text returned
+        self.text_starts = [len(text) if call.echo else 0 for text in call.texts]
 
     def _envelope(self, chunk: bool) -> dict:
         kind = "chat.completion.chunk" if chunk else "chat.completion"
@@ -26,12 +31,13 @@ class Responder:
                 "model": self.model_id, "system_fingerprint": None}
 
     def usage(self, completion_tokens: int) -> dict:
-        prompt = len(self.call.job.prompt_ids) if self.call.prompt else 0  # an empty prompt reads start_ids: not the user's
+        prompt = self.call.prompt_tokens
         return {"prompt_tokens": prompt, "completion_tokens": completion_tokens, "total_tokens": prompt + completion_tokens}
 
-    def logprobs(self, tokens: list[TokenInfo]) -> dict | None:
+    def logprobs(self, tokens: list[TokenInfo], index: int = 0, prompt: list[TokenInfo] = ()) -> dict | None:
         """Chat's `bytes` are each token's own (a byte token holds part of a character, whose
-        text alone is U+FFFD); completions' text_offset is where its text begins in `text`."""
+        text alone is U+FFFD); completions' text_offset is where its text begins in `text`, the
+        generated `tokens` of choice `index` after its `prompt`'s (echo)."""
         if self.call.logprobs is None:
             return None
         if self.chat:
@@ -39,23 +45,32 @@ class Responder:
                                  "top_logprobs": [{"token": a.text, "logprob": a.logprob, "bytes": list(a.bytes)}
                                                   for a in t.top]}
                                 for t in tokens], "refusal": None}
-        return {"tokens": [t.chosen.text for t in tokens], "token_logprobs": [t.chosen.logprob for t in tokens],
-                "top_logprobs": [{a.text: a.logprob for a in t.top} for t in tokens],
-                "text_offset": [self.text_start + t.offset for t in tokens]}
+        start = self.text_starts[index // self.call.n]
+        every = [*prompt, *tokens]
+        return {"tokens": [t.chosen.text for t in every], "token_logprobs": [t.chosen.logprob for t in every],
+                "top_logprobs": [None if t.top is None else {a.text: a.logprob for a in t.top} for t in every],
+                "text_offset": [t.offset for t in prompt] + [start + t.offset for t in tokens]}
 
     # streamed
 
     def opening_chunks(self) -> list[dict]:
-        """Chat: the assistant role first, per choice; completions with echo: the prompt."""
+        """Chat: the assistant role first, per choice; completions with echo: the prompt (with
+        logprobs, when its scores come: prompt_chunks)."""
         if self.chat:
-            return [self._chunk(i, {"role": "assistant", "content": ""}) for i in range(self.call.job.n)]
+            return [self._chunk(i, {"role": "assistant", "content": ""}) for i in range(self.call.choices)]
         if self.call.echo:
-            return [self._chunk(i, self.call.prompt) for i in range(self.call.job.n)]
+            return [self._chunk(c, self.call.texts[c // self.call.n]) for c in range(self.call.choices)
+                    if self.call.jobs[c // self.call.n].score is None]
         return []
+
+    def prompt_chunks(self, scores: PromptScores) -> list[dict]:
+        """The echoed prompt of each choice of prompt `scores.prompt`, with its log-probabilities."""
+        n, p = self.call.n, scores.prompt
+        return [self._chunk(c, self.call.texts[p], self.logprobs([], c, scores.tokens)) for c in range(p * n, p * n + n)]
 
     def delta_chunk(self, delta: TextDelta) -> dict:
         content = {"content": delta.text} if self.chat else delta.text
-        return self._chunk(delta.index, content, self.logprobs(delta.tokens))
+        return self._chunk(delta.index, content, self.logprobs(delta.tokens, delta.index))
 
     def finish_chunk(self, index: int, reason: str) -> dict:
         return self._chunk(index, {} if self.chat else "", finish_reason=reason)
@@ -76,12 +91,13 @@ class Responder:
     def whole(self, collected: "Collected") -> dict:
         choices = []
         for index, (text, tokens, reason) in enumerate(zip(collected.texts, collected.tokens, collected.reasons)):
-            logprobs = self.logprobs(tokens)
+            prompt = index // self.call.n
+            logprobs = self.logprobs(tokens, index, collected.prompts.get(prompt, ()))
             if self.chat:
                 choices.append({"index": index, "message": {"role": "assistant", "content": text, "refusal": None},
                                 "logprobs": logprobs, "finish_reason": reason})
             else:
-                text = (self.call.prompt if self.call.echo else "") + text
+                text = (self.call.texts[prompt] if self.call.echo else "") + text
                 choices.append({"index": index, "text": text, "logprobs": logprobs, "finish_reason": reason})
         return {**self._envelope(False), "choices": choices, "usage": self.usage(collected.completion_tokens)}
 
@@ -91,6 +107,7 @@ class Collected:
 
     def __init__(self, n: int):
         self.texts, self.tokens, self.reasons = [""] * n, [[] for _ in range(n)], [None] * n
+        self.prompts: dict[int, list[TokenInfo]] = {}  # each scored prompt's tokens
         self.completion_tokens = 0
 
     @property
@@ -106,3 +123,5 @@ class Collected:
         elif isinstance(event, Finish):
             self.reasons[event.index] = event.reason
             self.completion_tokens += event.completion_tokens
+        elif isinstance(event, PromptScores):
+            self.prompts[event.prompt] = event.tokens

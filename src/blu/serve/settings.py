@@ -21,6 +21,7 @@ class ServerSettings:
     # (gpt4all #3635, llama.cpp #19367): answered with 400, not clamped, so a client sees why.
     max_tokens: int = 8192  # per choice; generation has no context limit, so this is the only one
     max_n: int = 16
+    max_prompts: int = 1024  # prompts in one completions request (each is scored or continued n times)
     max_prompt_chars: int = 100_000  # only the last context of it is read, but it is encoded whole
     max_body_bytes: int = 1 << 20  # 413 beyond it
     max_stop: int = 8  # stop strings per request (OpenAI's limit is 4; the chat template adds its own)
