@@ -211,6 +211,13 @@ PRESETS = {
 }
 
 
+# `blu train --init-from`: the model is the parent's, the training this. Muon at 3e-3 fine-tuned best
+# in BENCHMARKS.md ("Fine-tuning"), on an AdamW-pretrained parent too (2.25 against AdamW's best 2.37).
+FINE_TUNE = Preset("fine-tuning another run's weights", ModelConfig(),
+                   TrainConfig(optimizer="muon", batch_size=16, lr=3e-3, warmup_iters=20, weight_decay=0.0, eval_every=50),
+                   default_iters=150)
+
+
 DEFAULT_MAX_NEW_TOKENS = 500
 
 

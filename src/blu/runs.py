@@ -12,6 +12,8 @@ loading one to generate or evaluate. This module defines what config.json holds:
                  or a corpus's files (path, bytes, sha256 each), so that a changed corpus is
                  refused; the split settings and the validation text's size and SHA-256; and
                  tokens: the cache folder of its token shards (data/cache.py) and their counts
+    init_from    a run started from another's weights (--init-from): the parent's folder and
+                 the SHA-256 of its weights (fine_tune.py)
 
 tokenizer.json beside it holds the tokenizer (see tokenizers/). The files themselves are
 read and written by checkpoint.py."""
@@ -41,6 +43,7 @@ from .device import pick_device
 from .distributed import World
 from .errors import BluError
 from .files import atomic_write, read_json, write_json
+from .fine_tune import fine_tune_configs, parent_record
 from .model import Transformer
 from .tokenizers import Tokenizer
 from .version import __version__
@@ -74,14 +77,15 @@ def default_folder(text: TextSettings) -> Path:
 
 
 def create_run(out=None, text: TextSettings | None = None, preset: str | None = None, overrides: dict | None = None,
-               budget: Budget | None = None, force: bool = False, device=None, log=say) -> Run:
+               budget: Budget | None = None, force: bool = False, device=None, log=say, init_from=None) -> Run:
     """A new run in `out` (default: default_folder) on the text `text` names: the configuration
     of `preset` (default: gpu on CUDA, cpu otherwise, by `device`, default this machine's) with
     `overrides` (ModelConfig and TrainConfig field names; None keeps the preset's value) and
     `budget` (neither steps nor time: the preset's steps). A folder that holds a run is refused
     unless `force`, which replaces it. The tokenizer is built from the training part of the text
     only, or read from --tokenizer-from; the text is tokenized into the cache folder, or read
-    from there (data/); `log` says what takes long.
+    from there (data/); `log` says what takes long. With `init_from`, a run folder, the model and
+    tokenizer are that run's and training starts from its weights (fine_tune.py).
     Writes config.json and tokenizer.json; nothing is written to the run folder if anything is wrong."""
     text, budget, overrides = text or TextSettings(), budget or Budget(), overrides or {}
     budget.validate()
@@ -89,28 +93,48 @@ def create_run(out=None, text: TextSettings | None = None, preset: str | None = 
     if unknown := sorted(set(overrides) - settable):
         raise BluError(f"unknown settings: {', '.join(unknown)} (the budget is given as a Budget)")
     seed = TrainConfig.seed if overrides.get("seed") is None else overrides["seed"]
+    parent = None
+    if init_from is not None:  # the shapes are checked before any text is read
+        parent, lineage = parent_of(init_from, text, preset)
+        model_config, train_config = fine_tune_configs(parent, overrides, budget)
+        text = replace(text, tokenizer_from=str(init_from))  # the parent's tokenizer, as --tokenizer-from reads it
     corpus = open_corpus(text, seed)
     folder = Path(out) if out else default_folder(text)
     if holds_run(folder) and not force:
         raise BluError(f"{folder} already holds a run: add --resume to continue it, --force to replace it, "
                        "or choose another --out")
-    if preset is None:
+    if parent is not None and folder.resolve() == Path(init_from).resolve():
+        raise BluError(f"--out {folder} is the parent run itself: give the new run a folder of its own")
+    if parent is None and preset is None:
         preset = "gpu" if (torch.device(device) if device else pick_device("auto")).type == "cuda" else "cpu"
-    if preset not in PRESETS:
+    if parent is None and preset not in PRESETS:
         raise BluError(f"preset must be one of {', '.join(sorted(PRESETS))}, got {preset!r}")
     cache, plan = split_corpus(corpus, log)
     tokens_of = choose_tokenizer(corpus, cache, plan, text)
-    model_config, train_config = configs_for(preset, overrides, tokens_of.vocab_size, budget)
+    if parent is None:
+        model_config, train_config = configs_for(preset, overrides, tokens_of.vocab_size, budget)
     prepared = tokens_for(corpus, cache, plan, tokens_of, model_config.context)
     record = {**corpus.record(cache.manifests, plan, prepared.index["validation"]), "tokens": tokens_record(prepared)}
     meta = {"blu_version": __version__, "format": FORMAT, "preset": preset, "tokenizer": tokens_of.kind,
-            "model": to_dict(model_config), "train": to_dict(train_config), "data": record}
+            "model": to_dict(model_config), "train": to_dict(train_config), "data": record,
+            **({"init_from": lineage} if parent is not None else {})}
     if force:
         clear_run(folder)
     write_json(folder / "config.json", meta)
     atomic_write(folder / "tokenizer.json", tokens_of.to_json().encode())
     return Run(folder, meta, model_config, train_config, tokens_of, prepared.train, prepared.val_tokens,
                prepared.val_bytes, skipped=plan.skipped)
+
+
+def parent_of(folder, text: TextSettings, preset: str | None) -> tuple[ModelConfig, dict]:
+    """The model configuration of the run a new one starts from and what config.json records of
+    it, once the settings that would choose another model or tokenizer are refused."""
+    if preset is not None:
+        raise BluError("--init-from takes the parent's model: give it without --preset")
+    if text.tokenizer or text.vocab_size or text.tokenizer_from:
+        raise BluError("--init-from takes the parent's tokenizer: give it without --tokenizer, --vocab-size "
+                       "or --tokenizer-from")
+    return load_config(folder)[1], parent_record(folder)
 
 
 def resume_run(out, budget: Budget | None = None, log=say) -> Run:
@@ -201,3 +225,14 @@ def file_text(path, tokenizer: Tokenizer) -> ScoredText:
     if len(tokens) < 2:
         raise BluError(f"{path} is too short to score: it needs at least 2 tokens")
     return ScoredText(tokens, tokenizer.byte_lengths(text, tokens), n_unknown)
+
+
+def text_to_score(data, meta: dict, tokenizer: Tokenizer, log=say) -> ScoredText:
+    """What `blu eval` scores: `data`, a text file as it is, or a run folder's validation text
+    (so that a fine-tune and its parent are scored on the same tokens); None: the validation
+    text of the run `meta` (its config.json) describes."""
+    if data is None:
+        return validation_text(meta, tokenizer, log)
+    if holds_run(data):
+        return validation_text(read_json(Path(data) / "config.json"), tokenizer, log)
+    return file_text(data, tokenizer)

@@ -26,6 +26,7 @@ from .data.batches import BatchSampler
 from .device import autocast_for, compile_for_training
 from .distributed import Agreed, SkipEvaluation, StopRequest, World
 from .evaluate import evaluate_shared, scored_tokens
+from .fine_tune import load_parent_weights
 from .generate import TextGenerator
 from .metrics import MetricsLog
 from .model import Transformer
@@ -63,7 +64,10 @@ class Trainer:
     def __init__(self, run: Run, device: torch.device, log, world: World | None = None):
         self.run, self.config, self.folder, self.device, self.log = run, run.train_config, Path(run.folder), device, log
         self.world = world = world or World()
-        self.model = new_model(run.model_config, self.config.seed).to(device)
+        self.model = new_model(run.model_config, self.config.seed)
+        if run.meta.get("init_from") is not None:  # --init-from: the parent's weights (replaced by a resume's)
+            load_parent_weights(self.model, run.meta["init_from"])
+        self.model = self.model.to(device)
         self.optimizer = make_optimizer(self.model, self.config, device)
         self.batches = BatchSampler(run.train_tokens, self.config.batch_size, run.model_config.context, self.config.seed,
                                     world.rank, world.size)
@@ -251,6 +255,12 @@ def train(run: Run, device: torch.device, log=None, world: World | None = None) 
 
     trainer.model.train()
     with trainer.stop.installed():
+        if run.meta.get("init_from") is not None and evaluated_step is None and state.step == 0:
+            # Where a fine-tune starts: the parent's loss on the new validation text, kept as the
+            # best so far. Measured before the budget's clock starts, as set-up is.
+            trainer.evaluate_and_save()
+            evaluated_step = 0
+            trainer.start_clock()
         while trainer.progress() < 1 and not stopping() and faults_in_a_row < MAX_FAULTS_IN_A_ROW:
             agreed = trainer.step(forward)
             agreed_stop = agreed.stop

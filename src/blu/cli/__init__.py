@@ -27,7 +27,7 @@ def text_settings(args) -> TextSettings:
 
 def configured_flags(args, overrides: dict) -> list[str]:
     """The flags given that configure a new run (what --resume may not change), as typed."""
-    names = [f.name for f in fields(TextSettings)] + ["preset"]
+    names = [f.name for f in fields(TextSettings)] + ["preset", "init_from"]
     given = [n for n in names if getattr(args, n) is not None] + [n for n, v in overrides.items() if v is not None]
     return ["--" + name.replace("_", "-") for name in given + (["force"] if args.force else [])]
 
@@ -50,7 +50,7 @@ def cmd_train(args) -> int:
                           f"(not {', '.join(flags)})")
     with world.process_group(device):
         run = open_run(world, args.out, Budget(args.iters, args.time), args.resume, text=text_settings(args),
-                       preset=args.preset, overrides=overrides, force=args.force, device=device)
+                       preset=args.preset, overrides=overrides, force=args.force, device=device, init_from=args.init_from)
         model_config, train_config = run.model_config, run.train_config
         n_params = model_config.num_parameters()
         budget_text = " and ".join(filter(None, [f"{train_config.iters} steps" if train_config.iters else "",
@@ -59,7 +59,9 @@ def cmd_train(args) -> int:
         if world.main and run.skipped:
             say(f"blu: left out {len(run.skipped)} bad files (--skip-bad-files): {'; '.join(run.skipped)}")
         if world.main:  # under torchrun, rank 0 alone talks
-            say(f"blu {__version__}: {run.meta.get('preset', 'custom')} preset, {n_params / 1e6:.2f}M parameters, "
+            start = (f"from {run.meta['init_from']['path']}" if run.meta.get("init_from")
+                     else f"{run.meta.get('preset') or 'custom'} preset")
+            say(f"blu {__version__}: {start}, {n_params / 1e6:.2f}M parameters, "
                 f"vocabulary {run.tokenizer.vocab_size}, {len(run.train_tokens):,} train / {scored_tokens(run.val_tokens):,} "
                 f"validation tokens, {where}, budget {budget_text}, run folder {run.folder}")
         state, interrupted = train(run, device, world=world)
@@ -160,10 +162,10 @@ def interactive(run, controls) -> int:
 def cmd_eval(args) -> int:
     from ..device import pick_device
     from ..evaluate import evaluate, stream_eval
-    from ..runs import file_text, load_run, validation_text
+    from ..runs import load_run, text_to_score
 
     meta, model, tokenizer = load_run(args.run, pick_device(args.device))
-    text = file_text(args.data, tokenizer) if args.data else validation_text(meta, tokenizer, log=say)
+    text = text_to_score(args.data, meta, tokenizer, log=say)
     if text.unknown:
         say(f"blu: {text.unknown} characters of {args.data or 'the validation text'} are not in the vocabulary; "
             "they are scored as <unk>")

@@ -9,6 +9,7 @@ import re
 
 from ..config import (
     DEFAULT_MAX_NEW_TOKENS,
+    FINE_TUNE,
     PRESETS,
     ModelConfig,
     SamplingOptions,
@@ -68,6 +69,8 @@ def _add_config_flags(parser, cls, section):
     for f in knobs(cls):
         per_preset = ", ".join(f"{name}: {getattr(getattr(p, section), f.name)}{_long_budget_note(p, f.name)}"
                                for name, p in PRESETS.items())
+        if section == "train":  # a fine-tune's training defaults are its own
+            per_preset += f"; --init-from: {getattr(FINE_TUNE.train, f.name)}"
         flag = "--" + f.name.replace("_", "-")
         if f.type is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
@@ -113,9 +116,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--preset", choices=sorted(PRESETS), help="configuration (default: gpu on CUDA, cpu otherwise)")
     train.add_argument("--device", default="auto", choices=DEVICES,
                        help="auto = CUDA (bf16), then MPS, then CPU")
-    train.add_argument("--iters", type=int, help="optimizer steps (default: the preset's, when --time is not given)")
+    train.add_argument("--iters", type=int, help="optimizer steps (default: the preset's, or "
+                       f"{FINE_TUNE.default_iters} with --init-from, when --time is not given)")
     train.add_argument("--time", type=_duration, help="training budget: seconds or 90s, 10m, 1h, from the first step "
                        "(reading, tokenizing and compiling are not counted; evaluations during training are)")
+    train.add_argument("--init-from", metavar="RUN", help="start from this run's weights and tokenizer (a blu run or "
+                       "an imported one): its model, new optimizer state, budget and schedule, with the fine-tuning "
+                       "defaults of docs/import.md")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its last saved state")
     train.add_argument("--force", action="store_true", help="replace a run already in --out")
     _add_config_flags(train, ModelConfig, "model")
@@ -148,7 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
                                          "bits per byte (comparable across tokenizers) and, for a char run, bits per "
                                          "character.")
     ev.add_argument("--run", required=True, help="run folder")
-    ev.add_argument("--data", help="score this text file instead of the run's validation split")
+    ev.add_argument("--data", metavar="FILE_OR_RUN", help="score this text file, or the validation text of this run "
+                    "folder (a fine-tune's, to compare its parent on the same tokens), instead of the run's own")
     ev.add_argument("--json", action="store_true", help="print one JSON object")
     ev.add_argument("--stream", action="store_true",
                     help="loss by position through the generation path, up to 8x the context")

@@ -11,7 +11,7 @@ In layers, as vLLM's and llama.cpp's servers are: requests in, the engine, respo
                   `Failure` events out; `Refused`; the only module both sides import
     engine.py     continuous batching: one thread stepping one `decode.DecodeBatch` that jobs join and leave
     choice.py     a row of that batch: its generator, its text stream, the text it owes its client (paced)
-    chat.py       the transcript template that turns chat messages into a prompt for a base model
+    chat.py       chat messages into a prompt: the run's own chat template, or a transcript for a base model
     server.py     starting it all under uvicorn; settings.py its settings and caps; errors.py OpenAI's error shape
     watch.py      the training view's data: metrics.jsonl and samples.txt, read at each poll of the page
     static/       the page (no outside resource)

@@ -5,7 +5,7 @@ error shape everywhere.
     GET  /health                200 when weights are loaded (503 before), active requests; public
     GET  /v1/models             the one model: the run folder's name, context, vocabulary, tokenizer
     POST /v1/completions        OpenAI completions, streamed or not
-    POST /v1/chat/completions   OpenAI chat completions on the transcript template (chat.py)
+    POST /v1/chat/completions   OpenAI chat completions on the run's chat template or a transcript (chat.py)
     POST /tokenize              text to the run's token ids, POST /detokenize ids to text, GET
                                 /tokenizer_info: vLLM's shapes, which lm-evaluation-harness reads (tokenizer_routes.py)
     GET  /api/training          the training view's data (watch.py)
@@ -75,7 +75,7 @@ class Api:
         return JSONResponse({"object": "list", "data": [{
             "id": self.model_id, "object": "model", "created": int((self.settings.run / "config.json").stat().st_mtime),
             "owned_by": "blu", "context": c.context, "vocab_size": c.vocab_size, "tokenizer": self.engine.tokenizer.kind,
-            "parameters": c.num_parameters(), "chat": "transcript template (a base model)",
+            "parameters": c.num_parameters(), "chat": self.template.description,
             "chat_template": self.template.template}]})
 
     async def completions(self, request: Request):

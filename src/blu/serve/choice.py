@@ -21,7 +21,7 @@ class Choice:
         self.job, self.index = job, index
         seed = secrets.randbits(63) if job.seed is None else job.seed + index
         self.generator = torch.Generator(device=device).manual_seed(seed)
-        self.text = TextStream(tokenizer, job.stop, job.max_tokens)
+        self.text = TextStream(tokenizer, job.stop, job.max_tokens, job.stop_ids)
         self.infos: dict[int, TokenInfo] = {}  # by position, until the text of their token is shown
         self.unsent, self.unsent_tokens = "", []  # shown, not yet sent
         self.due = 0.0  # when the next delta may go (time.monotonic): the first goes at once

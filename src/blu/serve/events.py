@@ -95,3 +95,4 @@ class Job:
     score: int | None = None  # score the prompt first (PromptScores), with this many alternatives per token; None: no
     rows_left: int = field(default=0, repr=False)
     scored: bool = field(default=False, repr=False)
+    stop_ids: list[int] | None = None  # the ids that end a choice; None: the tokenizer's (Tokenizer.stop_ids)

@@ -15,16 +15,17 @@ def bad(message: str, param: str | None = "prompt", code: str = "invalid_value")
     return ApiError(400, message, param, code)
 
 
-def encode_prompt(text: str, tokenizer, param: str, settings: ServerSettings) -> list[int]:
-    """Prompt ids; characters outside the vocabulary are refused with a list of them (blu
-    generate drops them with a note on stderr, which an API client cannot read)."""
+def encode_prompt(text: str, tokenizer, param: str, settings: ServerSettings, encode=None) -> list[int]:
+    """Prompt ids (by `encode`, default the tokenizer's; a run's chat template reads its special
+    tokens); characters outside the vocabulary are refused with a list of them (blu generate
+    drops them with a note on stderr, which an API client cannot read)."""
     if len(text) > settings.max_prompt_chars:
         raise bad(f"the prompt is {len(text):,} characters; this server takes at most {settings.max_prompt_chars:,}",
                   param, "prompt_too_long")
     if unknown := tokenizer.unknown_chars(text):
         shown = "".join(unknown[:50]) + ("..." if len(unknown) > 50 else "")
         raise bad(f"the prompt has {len(unknown)} characters the model never saw: {shown!r}", param, "unknown_characters")
-    return tokenizer.encode(text)
+    return (encode or tokenizer.encode)(text)
 
 
 def is_id(value) -> bool:

@@ -179,7 +179,7 @@ def chat_call(body: dict, tokenizer, settings: ServerSettings, model_id: str, te
     check_common(body, model_id)
     messages = chat_messages(body)
     prompt = template.render(messages)
-    ids = encode_prompt(prompt, tokenizer, "messages", settings)
+    ids = encode_prompt(prompt, tokenizer, "messages", settings, lambda text: template.encode(text, tokenizer))
     top = integer(body, "top_logprobs", None, 0, MAX_TOP_LOGPROBS)
     wants_logprobs = boolean(body, "logprobs")
     if top is not None and not wants_logprobs:
@@ -190,5 +190,6 @@ def chat_call(body: dict, tokenizer, settings: ServerSettings, model_id: str, te
     max_tokens = integer({name: limit}, name, min(CHAT_MAX_TOKENS, settings.max_tokens), 0, settings.max_tokens)
     stop = stop_strings(body, settings) + template.stops(role for role, _ in messages)
     job = job_for(body, ids, tokenizer, settings, max_tokens, stop, logprobs)
+    job.stop_ids = template.stop_ids  # a run's own template ends the reply at its end-of-turn token
     stream, include_usage = stream_flags(body)
     return Call("chat", [job], [prompt], stream, include_usage, False, logprobs, len(job.prompt_ids))

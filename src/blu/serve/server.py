@@ -4,15 +4,9 @@ import sys
 
 from ..errors import BluError
 from .app import build_app
-from .chat import ChatTemplate
+from .chat import chat_template_for
 from .engine import Engine
 from .settings import ServerSettings
-
-
-def check_template(template: ChatTemplate, tokenizer) -> None:
-    """The template's own characters must be in the vocabulary, or every chat request would fail."""
-    if unknown := tokenizer.unknown_chars(template.before.replace("{role}", "") + template.after.replace("{role}", "")):
-        raise BluError(f"the chat template has characters the model never saw: {''.join(unknown)!r}")
 
 
 def serve(settings: ServerSettings, log=None) -> None:
@@ -25,8 +19,7 @@ def serve(settings: ServerSettings, log=None) -> None:
         raise BluError(f"--stream-interval must be 0 or more milliseconds, got {settings.stream_interval_ms}")
     engine = Engine(settings.run, settings.device, settings.max_batch, settings.max_queue, settings.max_repetition_window, log,
                     settings.stream_interval_ms / 1000)
-    template = ChatTemplate.from_file(settings.chat_template) if settings.chat_template else ChatTemplate()
-    check_template(template, engine.tokenizer)
+    template = chat_template_for(engine.tokenizer, settings.chat_template)
     app = build_app(settings, engine, template)
     if not settings.loopback and not settings.api_key:
         log(f"blu serve: WARNING: listening on {settings.host} without --api-key: anyone who can reach this "
@@ -34,6 +27,9 @@ def serve(settings: ServerSettings, log=None) -> None:
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     state = "" if engine.ready else " (no weights yet: waiting for training's first evaluation)"
     log(f"blu serve: {settings.run.resolve().name} on http://{host}:{settings.port}/{state}")
+    if (ids := getattr(template, "stop_ids", None)) is not None:
+        log(f"blu serve: chat with {template.description}; replies end at "
+            f"{', '.join(repr(engine.tokenizer.hf.id_to_token(i)) for i in ids)}")
     engine.start()
     try:
         uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", access_log=False,
