@@ -25,9 +25,11 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from .chat_train import run_conversations
 from .checkpoint import clear_run, load_weights
 from .config import PRESETS, Budget, ModelConfig, TextSettings, TrainConfig, configs_for, from_dict, to_dict
 from .data.batches import TokenShards
+from .data.chats import is_conversation_file
 from .data.prepare import (
     choose_tokenizer,
     open_corpus,
@@ -65,6 +67,7 @@ class Run:
     val_bytes: np.ndarray  # the UTF-8 bytes each validation token stands for (bits per byte)
     resumed: bool = False  # go on from the state saved in last/ (from step 0 if there is none)
     skipped: list[str] = field(default_factory=list)  # bad files left out (--skip-bad-files), with the reason
+    chats: tuple | None = None  # a run on conversations: its training and validation ones (chat_train.Conversations)
 
 
 def holds_run(folder) -> bool:
@@ -98,7 +101,10 @@ def create_run(out=None, text: TextSettings | None = None, preset: str | None = 
         parent, lineage = parent_of(init_from, text, preset)
         model_config, train_config = fine_tune_configs(parent, overrides, budget)
         text = replace(text, tokenizer_from=str(init_from))  # the parent's tokenizer, as --tokenizer-from reads it
-    corpus = open_corpus(text, seed)
+    chat = text.data is not None and is_conversation_file(text.data)  # fine-tuning on conversations (chat_train.py)
+    if chat and parent is None:
+        raise BluError(f"{text.data} holds conversations: fine-tune a run with a chat template on it (--init-from RUN)")
+    corpus = None if chat else open_corpus(text, seed)
     folder = Path(out) if out else default_folder(text)
     if holds_run(folder) and not force:
         raise BluError(f"{folder} already holds a run: add --resume to continue it, --force to replace it, "
@@ -109,12 +115,18 @@ def create_run(out=None, text: TextSettings | None = None, preset: str | None = 
         preset = "gpu" if (torch.device(device) if device else pick_device("auto")).type == "cuda" else "cpu"
     if parent is None and preset not in PRESETS:
         raise BluError(f"preset must be one of {', '.join(sorted(PRESETS))}, got {preset!r}")
-    cache, plan = split_corpus(corpus, log)
-    tokens_of = choose_tokenizer(corpus, cache, plan, text)
-    if parent is None:
-        model_config, train_config = configs_for(preset, overrides, tokens_of.vocab_size, budget)
-    prepared = tokens_for(corpus, cache, plan, tokens_of, model_config.context)
-    record = {**corpus.record(cache.manifests, plan, prepared.index["validation"]), "tokens": tokens_record(prepared)}
+    if chat:
+        text.validate()
+        tokens_of = read_tokenizer(init_from)
+        train, val, record = run_conversations(tokens_of, text.data, text.val_data, text.val_fraction, seed,
+                                               model_config.context, text.skip_bad_files, log)
+    else:
+        cache, plan = split_corpus(corpus, log)
+        tokens_of = choose_tokenizer(corpus, cache, plan, text)
+        if parent is None:
+            model_config, train_config = configs_for(preset, overrides, tokens_of.vocab_size, budget)
+        prepared = tokens_for(corpus, cache, plan, tokens_of, model_config.context)
+        record = {**corpus.record(cache.manifests, plan, prepared.index["validation"]), "tokens": tokens_record(prepared)}
     meta = {"blu_version": __version__, "format": FORMAT, "preset": preset, "tokenizer": tokens_of.kind,
             "model": to_dict(model_config), "train": to_dict(train_config), "data": record,
             **({"init_from": lineage} if parent is not None else {})}
@@ -122,6 +134,9 @@ def create_run(out=None, text: TextSettings | None = None, preset: str | None = 
         clear_run(folder)
     write_json(folder / "config.json", meta)
     atomic_write(folder / "tokenizer.json", tokens_of.to_json().encode())
+    if chat:
+        return Run(folder, meta, model_config, train_config, tokens_of, train.ids, val.ids, np.zeros(0),
+                   skipped=record["skipped"], chats=(train, val))
     return Run(folder, meta, model_config, train_config, tokens_of, prepared.train, prepared.val_tokens,
                prepared.val_bytes, skipped=plan.skipped)
 
@@ -149,6 +164,14 @@ def resume_run(out, budget: Budget | None = None, log=say) -> Run:
     if budget.given:
         train_config = replace(train_config, iters=budget.iters or 0, time_s=budget.time_s or 0.0)
     train_config.validate()
+    if isinstance(meta.get("data"), dict) and meta["data"].get("kind") == "conversations":
+        d = meta["data"]
+        train, val, record = run_conversations(tokenizer, d["path"], d["val_data"], d["val_fraction"], train_config.seed,
+                                               model_config.context, d["skip_bad_files"], log)
+        if record["sha256"] != d["sha256"]:
+            raise BluError(f"{d['path']} has changed since the run was created from it (its SHA-256 differs)")
+        return Run(folder, meta, model_config, train_config, tokenizer, train.ids, val.ids, np.zeros(0), resumed=True,
+                   skipped=record["skipped"], chats=(train, val))
     corpus, cache, plan = trained_corpus(meta, train_config.seed, log)
     prepared = tokens_for(corpus, cache, plan, tokenizer, model_config.context)
     return Run(folder, meta, model_config, train_config, tokenizer, prepared.train, prepared.val_tokens,
@@ -214,6 +237,9 @@ def validation_text(meta: dict, tokenizer: Tokenizer, log=say) -> ScoredText:
     """The validation part of the text a run was trained on (`meta`: its config.json)."""
     if meta.get("data") is None and meta.get("imported_from"):
         raise BluError("this run was imported and has no training text of its own: score it on a file with --data FILE")
+    if isinstance(meta.get("data"), dict) and meta["data"].get("kind") == "conversations":
+        raise BluError("this run was fine-tuned on conversations: blu eval does not score those yet (its val_loss on "
+                       "the assistant's tokens is in metrics.jsonl); score it on a text file with --data FILE")
     corpus, cache, plan = trained_corpus(meta, from_dict(TrainConfig, meta.get("train")).seed, log)
     return ScoredText(*cache.validation(plan, tokenizer))
 

@@ -6,7 +6,8 @@ initial weights from one seeded with the run's seed, the batches from the sample
 So a resumed --iters run ends bit-identical to one that never stopped.
 
 Under torchrun every rank runs this loop on its slice of each batch (see distributed.py): the
-decisions of each step are agreed, the evaluation is shared, and rank 0 alone writes and talks."""
+decisions of each step are agreed, the evaluation is shared, and rank 0 alone writes and talks.
+A run on conversations (chat_train.py) draws whole ones and learns the assistant's tokens alone."""
 
 from contextlib import nullcontext
 import hashlib
@@ -17,12 +18,11 @@ import time
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
+from .chat_train import batches_for, evaluate_chats, micro_loss, target_count
 from .checkpoint import TrainState, load_last, remove_temporaries, save_last, save_model
 from .config import ModelConfig
-from .data.batches import BatchSampler
 from .device import autocast_for, compile_for_training
 from .distributed import Agreed, SkipEvaluation, StopRequest, World
 from .evaluate import evaluate_shared, scored_tokens
@@ -69,8 +69,7 @@ class Trainer:
             load_parent_weights(self.model, run.meta["init_from"])
         self.model = self.model.to(device)
         self.optimizer = make_optimizer(self.model, self.config, device)
-        self.batches = BatchSampler(run.train_tokens, self.config.batch_size, run.model_config.context, self.config.seed,
-                                    world.rank, world.size)
+        self.batches = batches_for(run, self.config.batch_size, world)
         self.generators = {"batches": self.batches.generator}  # saved in last/ and restored
         self.dropout = torch.Generator(device) if run.model_config.dropout else None
         for block in self.model.layers:
@@ -133,16 +132,18 @@ class Trainer:
         if self.dropout is not None:
             self.dropout.manual_seed(dropout_seed(self.config.seed, self.state.step, self.world.rank))
         loss_sum = torch.zeros((), device=self.device)
-        for micro in range(self.config.grad_accum):
-            x, y = self.batches.next()
-            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        micro_batches = [[t.to(self.device, non_blocking=True) for t in self.batches.next()]
+                         for _ in range(self.config.grad_accum)]
+        # Conversations: the mean over the assistant targets of the whole global batch, not of each row's.
+        scale = (self.world.size / target_count(micro_batches, self.world)).float() if self.run.chats else None
+        for micro, (x, y) in enumerate(micro_batches):
             # DDP averages the gradients over the ranks at the last micro-step's backward only.
             last = micro == self.config.grad_accum - 1
             with nullcontext() if last or not self.world.distributed else forward.no_sync():
                 with autocast_for(self.device):
                     logits = forward(x)
-                loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
-                (loss / self.config.grad_accum).backward()
+                backward, loss = micro_loss(logits, y, scale, self.config.grad_accum)
+                backward.backward()
             loss_sum += loss.detach()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         # A NaN or inf must never reach the weights or the optimizer moments, on any rank.
@@ -208,6 +209,9 @@ class Trainer:
 
     def validate(self) -> tuple[float, float]:
         """The loss (nats per token) and bits per byte over the whole validation split, shared by the ranks."""
+        if self.run.chats:  # on the assistant targets of the held-out conversations
+            return evaluate_chats(self.model, self.run.chats[1], getattr(self.run.tokenizer, "byte_lengths_by_id", None),
+                                  self.config.eval_batch_size, self.world)
         return evaluate_shared(self.model, self.run.val_tokens, self.run.val_bytes, self.config.eval_batch_size, self.world)
 
     def write_sample(self, val_loss: float) -> None:
