@@ -158,9 +158,10 @@ def test_the_step_loss_is_the_mean_over_the_global_batchs_assistant_tokens(tmp_p
 
     data = write_jsonl(tmp_path / "chats.jsonl", chats_from(shakespeare.read_text(encoding="utf-8"), 40))
     run = create_run(tmp_path / "run", TextSettings(data=data), overrides={"grad_accum": 2, "batch_size": 3, "dropout": 0.0},
-                     budget=Budget(1), init_from=imported, log=lambda m: None)
+                     budget=Budget(100), init_from=imported, log=lambda m: None)
     trainer = Trainer(run, torch.device("cpu"), lambda m: None)
-    same = ChatBatches(run.chats[0], 3, run.train_config.seed)  # the draws the step will make
+    same = ChatBatches(run.chats[0], 3, run.train_config.seed)
+    same.generator.set_state(trainer.batches.generator.get_state())  # the draws the step will make
     micro = [same.next() for _ in range(2)]
     counts = [int((y != -100).sum()) for _, y in micro]
     assert counts[0] != counts[1] and 0 < min(counts)
@@ -172,8 +173,12 @@ def test_the_step_loss_is_the_mean_over_the_global_batchs_assistant_tokens(tmp_p
     expected = float(sum(losses)) / sum(counts)
     agreed = trainer.step(trainer.model)
     assert agreed.finite
-    assert float(agreed.loss_sum) / 2 == pytest.approx(expected, rel=1e-5)
-    assert float(torch.cat(rows).mean()) != pytest.approx(expected, rel=1e-4)  # the other rule would be seen
+    got = float(agreed.loss_sum) / 2
+    # Far closer to the hand computation than the other rules are: the mean of the rows' means,
+    # the mean of the micro-batches' means (at random weights the losses differ little, so closely).
+    others = [float(torch.cat(rows).mean()), (float(losses[0]) / counts[0] + float(losses[1]) / counts[1]) / 2]
+    for other in others:
+        assert abs(got - expected) < abs(other - expected) / 20, (got, expected, others)
 
 
 def test_two_processes_take_the_mean_over_both_ranks_assistant_tokens(tmp_path, cli, imported, shakespeare):
@@ -187,7 +192,7 @@ def test_two_processes_take_the_mean_over_both_ranks_assistant_tokens(tmp_path, 
     from blu.metrics import MetricsLog
 
     data = write_jsonl(tmp_path / "chats.jsonl", chats_from(shakespeare.read_text(encoding="utf-8"), 60))
-    flags = ["--init-from", imported, "--data", data, "--iters", 6, "--eval-every", 3, "--log-every", 1, "--lr", 1e-3]
+    flags = ["--init-from", imported, "--data", data, "--iters", 20, "--eval-every", 10, "--lr", 1e-3]
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "blu", "train",
                *map(str, flags), "--out", str(tmp_path / "two"), "--batch-size", "2"]
     done = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
@@ -196,6 +201,7 @@ def test_two_processes_take_the_mean_over_both_ranks_assistant_tokens(tmp_path, 
     assert code == 0, err
     one, two = MetricsLog(tmp_path / "one").rows(), MetricsLog(tmp_path / "two").rows()
     assert [sorted(r) for r in one] == [sorted(r) for r in two]
+    assert sum("train_loss" in r for r in one) == 2 and sum("val_loss" in r for r in one) == 3
     for a, b in zip(one, two):
         for key in ("train_loss", "val_loss"):
             if key in a:
