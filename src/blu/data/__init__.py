@@ -10,6 +10,8 @@
     encode.py   parallel encoding of the split text into shard files
     batches.py  the shard files read through memory maps, and the seeded batch sampler
     prepare.py  a run's text as tokens, the steps in order (what `blu prepare` runs)
+    chats.py    conversation JSONL read and checked line by line, and the split of whole
+                conversations (chat_train.py encodes them with the run's chat template)
 
 The order is the flow: sources -> split -> tokenizer (../tokenizers/) -> encode -> cache ->
 batches. Each file imports only those before it (and the ground: errors, files, config).
