@@ -121,7 +121,7 @@ def test_a_bad_line_is_named_by_file_and_line_or_skipped(tmp_path, cli, imported
     code, _, err = cli("train", "--init-from", imported, "--data", data, "--out", tmp_path / "b", "--iters", 1,
                        "--skip-bad-files")
     assert code == 0, err
-    assert "line 7" in err and reason in err
+    assert "left out 1 bad lines" in err and "line 7" in err and reason in err
     assert json.loads((tmp_path / "b" / "config.json").read_text())["data"]["conversations"]["train"] + \
         json.loads((tmp_path / "b" / "config.json").read_text())["data"]["conversations"]["validation"] == 12
 
@@ -142,6 +142,8 @@ def test_a_short_fine_tune_lowers_the_assistant_validation_loss(tmp_path, cli, i
     assert record["kind"] == "conversations" and record["conversations"] == {"train": 180, "validation": 20}
     code, _, err = cli("train", "--out", tmp_path / "tuned", "--resume", "--iters", 32)
     assert code == 0, err
+    code, _, err = cli("eval", "--run", tmp_path / "tuned")  # not scored yet: said in one line, not misread as text
+    assert code == 2 and "conversations" in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_the_step_loss_is_the_mean_over_the_global_batchs_assistant_tokens(tmp_path, imported, shakespeare):

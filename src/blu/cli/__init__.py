@@ -57,7 +57,8 @@ def cmd_train(args) -> int:
                                                  f"{train_config.time_s:g} s" if train_config.time_s else ""]))
         where = f"{world.size} processes on {device.type}" if world.distributed else device.type
         if world.main and run.skipped:
-            say(f"blu: left out {len(run.skipped)} bad files (--skip-bad-files): {'; '.join(run.skipped)}")
+            what = "lines" if run.chats else "files"
+            say(f"blu: left out {len(run.skipped)} bad {what} (--skip-bad-files): {'; '.join(run.skipped)}")
         if world.main:  # under torchrun, rank 0 alone talks
             start = (f"from {run.meta['init_from']['path']}" if run.meta.get("init_from")
                      else f"{run.meta.get('preset') or 'custom'} preset")
