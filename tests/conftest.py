@@ -143,3 +143,25 @@ def split_documents(documents: list[str], fraction: float, seed: int) -> tuple[l
     scores = [_score(_score_hash(seed, d)) for d in documents]
     kept = set(choose_validation(scores, [len(d) for d in documents], fraction))
     return [d for i, d in enumerate(documents) if i not in kept], [d for i, d in enumerate(documents) if i in kept]
+
+
+def ctrl_c_at_step(step: int):
+    """A training log function that sends this process SIGINT (a user's Ctrl-C) when step `step` is logged."""
+    import signal
+
+    def log(message):
+        if message.startswith(f"step {step}:"):
+            os.kill(os.getpid(), signal.SIGINT)
+
+    return log
+
+
+def assert_same_saved_state(folder_a: Path, folder_b: Path) -> None:
+    """Two runs' last saved states (weights, optimizer, RNG) are identical, tensor for tensor."""
+    from safetensors.torch import load_file
+    import torch
+
+    a, b = (load_file(Path(f) / "last" / "state.safetensors") for f in (folder_a, folder_b))
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name

@@ -4,12 +4,10 @@ came from."""
 
 import hashlib
 import json
-import os
-import signal
 
+from conftest import assert_same_saved_state, ctrl_c_at_step
 from pretrained_support import smollm_style_tokenizer, write_llama_folder
 import pytest
-from safetensors.torch import load_file
 import torch
 
 from blu.config import Budget, TextSettings
@@ -104,18 +102,12 @@ def test_a_fine_tune_resumes_exactly(tmp_path, parent, texts, optimizer):
     straight = child_run(tmp_path / "straight", parent, texts[1], optimizer=optimizer)
     train(straight, CPU, log=quiet)
 
-    def press_ctrl_c_at_step_15(message):
-        if message.startswith("step 15:"):
-            os.kill(os.getpid(), signal.SIGINT)
-
     stopped = child_run(tmp_path / "stopped", parent, texts[1], optimizer=optimizer)
-    state, interrupted = train(stopped, CPU, log=press_ctrl_c_at_step_15)
+    state, interrupted = train(stopped, CPU, log=ctrl_c_at_step(15))
     assert interrupted and state.step == 15
     state, interrupted = train(resume_run(stopped.folder), CPU, log=quiet)
     assert state.step == 30 and not interrupted
-    a = load_file(straight.folder / "last" / "state.safetensors")
-    b = load_file(stopped.folder / "last" / "state.safetensors")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert_same_saved_state(straight.folder, stopped.folder)
     steps = [r["step"] for r in MetricsLog(stopped.folder).rows() if "val_loss" in r]
     assert steps == [0, 15, 30]
 

@@ -6,6 +6,7 @@ import os
 import signal
 import time
 
+from conftest import assert_same_saved_state, ctrl_c_at_step
 import pytest
 from safetensors import safe_open
 from safetensors.torch import load_file
@@ -89,21 +90,13 @@ def stopped_and_resumed_matches_straight(tmp_path, small_corpus, make_run, **cha
     straight = make_run(tmp_path / "straight", small_corpus, iters=60, eval_every=30, **changes)
     train(straight, CPU, log=quiet)
 
-    def press_ctrl_c_at_step_30(message):
-        if message.startswith("step 30:"):
-            os.kill(os.getpid(), signal.SIGINT)
-
     stopped = make_run(tmp_path / "stopped", small_corpus, iters=60, eval_every=30, **changes)
-    state, interrupted = train(stopped, CPU, log=press_ctrl_c_at_step_30)
+    state, interrupted = train(stopped, CPU, log=ctrl_c_at_step(30))
     assert interrupted and state.step == 30
     state, interrupted = train(resume_run(stopped.folder), CPU, log=quiet)
     assert state.step == 60 and not interrupted
 
-    a = load_file(straight.folder / "last" / "state.safetensors")
-    b = load_file(stopped.folder / "last" / "state.safetensors")
-    assert a.keys() == b.keys()
-    for name in a:
-        assert torch.equal(a[name], b[name]), name
+    assert_same_saved_state(straight.folder, stopped.folder)
 
 
 @pytest.mark.parametrize("optimizer", ["adamw", "muon"])
