@@ -104,14 +104,20 @@ def test_max_tokens_zero_scores_the_prompt_alone(server, local):
 
 def test_prompt_longer_than_the_context_is_scored_by_the_refill_rule(server, local):
     """A prompt past the context (32) is scored in windows of one context ending every half
-    context: each token's log-probability is blu's forward on the window that ends at or after it,
-    which gives it at least half a context of the tokens before it."""
-    prompt = "First Citizen: Before we proceed any further, hear me speak. All: Speak, speak."
-    ids, context = local.tokenizer.encode(prompt), local.model.config.context
-    scored = completion(server, prompt=prompt, echo=True, logprobs=0, max_tokens=0)["choices"][0]["logprobs"]
-    ends = list(range(context, len(ids), context // 2)) + [len(ids)]
+    context: each token's log-probability is blu's forward on the first window whose last
+    position predicts it or a later token, which gives it at least half a context of the
+    tokens before it; a prompt of one context plus one token is one forward over a context."""
+    for prompt in ("First Citizen: Before we proceed any further, hear me speak. All: Speak, speak.",
+                   "First Citizen: Before we proceed "):  # 33 characters: one context plus one
+        ids, context = local.tokenizer.encode(prompt), local.model.config.context
+        scored = completion(server, prompt=prompt, echo=True, logprobs=0, max_tokens=1)["choices"][0]["logprobs"]
+        ends = [e + (e == len(ids) - 1 and e > context) for e in range(context, len(ids), context // 2)] + [len(ids)]
+        check_windows(local, ids, scored, ends, context)
+
+
+def check_windows(local, ids, scored, ends, context):
     for t in range(1, len(ids)):
-        end = next(e for e in ends if e > t)
+        end = next(e for e in ends if e >= t)
         start = max(0, end - context)
         assert t < context or t - start >= context // 2
         expected = forward_logprobs(local.model, ids[start:end])[t - start - 1, ids[t]].item()

@@ -9,8 +9,10 @@ token, for many texts in a few batched forwards of the model itself (model.py).
 A text longer than the model's context is read in windows of one context that end every half
 context (`windows`), so that each token is scored after between half a context and a whole one
 of the tokens before it: what generation sees past the context (decode.DecodeBatch's refill
-rule). The last window ends at the last token, so `next_logits` are what generation after the
-whole text samples from.
+rule). A window's last position predicts the token after it, so a text of one context plus one
+token is scored exactly as one forward over a context (what lm-evaluation-harness's `hf` model
+and `blu eval` compute). The last window ends at the last token, so `next_logits` are what
+generation after the whole text samples from.
 
 The texts are padded on the right into batches of similar length (the model is causal: padding
 after a token cannot change its logits), so one forward scores many texts; what the server's
@@ -36,16 +38,20 @@ class TokenScores(NamedTuple):
 
 def windows(length: int, context: int) -> list[tuple[int, int, int]]:
     """(start, end, first) for the windows that score a text of `length` tokens: tokens
-    [start, end) are read, and the predictions of tokens first..end-1 are kept. The first window
-    is the text's first context; each next one ends at most half a context further (at the end
-    of the text for the last), so every token after the first context is predicted from at least
-    context - context // 2 tokens before it."""
+    [start, end) are read, and the predictions of tokens first..end are kept (the last position
+    predicts token `end`, where the text has one). The first window is the text's first
+    context; each next one ends at most half a context further (at the end of the text for the
+    last, which after a first window of a text one token longer than the context predicts
+    nothing and gives the logits after the text alone), so every token after the first context
+    is predicted from at least context - context // 2 tokens before it."""
     spans = [(0, min(length, context), 1)]
     step = max(1, context // 2)
     while spans[-1][1] < length:
-        covered = spans[-1][1]
-        end = min(covered + step, length)
-        spans.append((end - context, end, covered))
+        covered = spans[-1][1] + 1  # the first token the windows so far do not predict
+        end = min(covered - 1 + step, length)
+        if end == length - 1:  # one step further ends at the text, so no window is read for its logits alone
+            end = length
+        spans.append((max(0, end - context), end, covered))
     return spans
 
 
@@ -88,13 +94,17 @@ def _score_group(model, texts, group, width, device, alternatives, never, logpro
     for row, (i, start, end, _) in enumerate(group):
         if end == len(texts[i]):
             next_logits[i] = logits[row, end - start - 1].clone()
-    # The kept predictions, window by window: position q of a window predicts its token q + 1.
-    counts = [end - first for _, _, end, first in group]
+    # The kept predictions, window by window: position q of a window predicts the text's token
+    # start + q + 1, which for the last position is the token after the window (if the text has one).
+    lasts = [min(end, len(texts[i]) - 1) for i, _, end, _ in group]
+    counts = [max(0, last - first + 1) for (_, _, _, first), last in zip(group, lasts)]
     if not sum(counts):
         return
     row_index = torch.repeat_interleave(torch.arange(len(group)), torch.tensor(counts))
-    position_index = torch.cat([torch.arange(first - start - 1, end - start - 1) for _, start, end, first in group])
-    targets = rows[row_index, position_index + 1].to(device)
+    position_index = torch.cat([torch.arange(first - start - 1, first - start - 1 + count)
+                                for (_, start, _, first), count in zip(group, counts)])
+    targets = torch.tensor([t for (i, _, _, first), count in zip(group, counts)
+                            for t in texts[i][first : first + count]], dtype=torch.long, device=device)
     picked = torch.log_softmax(logits[row_index.to(device), position_index.to(device)], dim=-1)  # (kept, vocab)
     chosen = picked.gather(1, targets[:, None])[:, 0].tolist()
     if alternatives:
@@ -103,8 +113,9 @@ def _score_group(model, texts, group, width, device, alternatives, never, logpro
         values, ids = picked.topk(min(alternatives, picked.shape[1]), dim=-1)
         values, ids = values.tolist(), ids.tolist()
     kept = 0
-    for (i, _, end, first), count in zip(group, counts):
-        logprobs[i][first:end] = chosen[kept : kept + count]
+    for (i, _, _, first), count in zip(group, counts):
+        logprobs[i][first : first + count] = chosen[kept : kept + count]
         if alternatives:
-            top[i][first:end] = [list(zip(a, b)) for a, b in zip(ids[kept : kept + count], values[kept : kept + count])]
+            top[i][first : first + count] = [list(zip(a, b)) for a, b in
+                                             zip(ids[kept : kept + count], values[kept : kept + count])]
         kept += count
