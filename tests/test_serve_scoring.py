@@ -102,6 +102,29 @@ def test_max_tokens_zero_scores_the_prompt_alone(server, local):
         choice["logprobs"]["token_logprobs"]
 
 
+def test_strict_client_refuses_only_the_leading_null(server):
+    """What the official client in strict mode makes of an echo answer, so that docs/serve.md
+    can say it exactly: openai's Logprobs types token_logprobs as List[float] and top_logprobs as
+    List[Dict[str, float]], so the first prompt token's null (OpenAI's legacy API and vLLM send
+    one too, lm-eval reads it) fails validation, and nothing else does: the same answer with that
+    one entry given a number parses, and a non-echo answer with logprobs parses as it is."""
+    import openai
+    import pydantic
+
+    body = dict(model="shakes", prompt="ROMEO: What", echo=True, logprobs=2, max_tokens=3, seed=3)
+    with pytest.raises(openai.APIResponseValidationError):
+        server.client(strict=True).completions.create(**body)
+    raw = completion(server, **body)
+    logprobs = raw["choices"][0]["logprobs"]
+    assert logprobs["token_logprobs"][0] is None and logprobs["top_logprobs"][0] is None
+    logprobs["token_logprobs"][0], logprobs["top_logprobs"][0] = 0.0, {}
+    with pytest.raises(pydantic.ValidationError, match="token_logprobs.0"):
+        openai.types.Completion.model_validate(completion(server, **body))  # the type the strict client checks
+    openai.types.Completion.model_validate(raw)  # the same answer with the leading null replaced
+    plain = server.client(strict=True).completions.create(**{**body, "echo": False})
+    assert len(plain.choices[0].logprobs.token_logprobs) == 3
+
+
 def test_prompt_longer_than_the_context_is_scored_by_the_refill_rule(server, local):
     """A prompt past the context (32) is scored in windows of one context ending every half
     context: each token's log-probability is blu's forward on the first window whose last
