@@ -138,7 +138,8 @@ def test_perplexity_is_the_hf_export_and_blu_eval(scored):
         total = float(ours["filtered_resps"][0])
         assert total == pytest.approx(float(theirs["filtered_resps"][0]), abs=1e-4)
         assert total == pytest.approx(-ev["val_loss"] * ev["tokens"], abs=1e-3)
-        print(f"{scored['kind']}: {ev['tokens']} tokens, harness {total:.5f}, blu eval {-ev['val_loss'] * ev['tokens']:.5f}")
+        print(f"{scored['kind']}: {ev['tokens']} tokens, serve {total:.6f}, hf {float(theirs['filtered_resps'][0]):.6f}, "
+              f"blu eval {-ev['val_loss'] * ev['tokens']:.6f}")
     bits = sum(ev["val_bpb"] * ev["bytes"] for ev in evals) / sum(ev["bytes"] for ev in evals)
     assert sum(ev["bytes"] for ev in evals) == sum(len(t.encode("utf-8")) for t in scored["texts"])
     assert scored["api"]["results"]["blu_ppl"]["bits_per_byte,none"] == pytest.approx(bits, abs=1e-5)
