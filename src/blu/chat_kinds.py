@@ -23,8 +23,8 @@ keeps its template in chat_template.jinja beside tokenizer.json (an hf run in to
 import json
 from pathlib import Path
 
-import torch
 from tokenizers import Tokenizer as HFTokenizer
+import torch
 
 from .chat_template import ChatFormat, ChatTemplateError
 from .errors import BluError

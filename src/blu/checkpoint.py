@@ -54,7 +54,8 @@ class TrainState:
         return cls(**values)
 
 
-RUN_FILES = ("config.json", "tokenizer.json", "chat_template.jinja", "model.safetensors", "last", "metrics.jsonl", "loss.png", "samples.txt")
+RUN_FILES = ("config.json", "tokenizer.json", "chat_template.jinja", "model.safetensors", "last", "metrics.jsonl",
+             "loss.png", "samples.txt")
 
 
 def remove_temporaries(run_dir: Path) -> None:

@@ -10,8 +10,9 @@ string with `{role}` and `{content}` (`--chat-template FILE` holds it), filled b
 replacement, never evaluated.
 
 A run's own template renders the prompt exactly as transformers' apply_chat_template does, and
-the reply ends at the template's end-of-turn token (a char run's plain template: at its end text). Either way a trailing assistant message is
-continued rather than answered (llama.cpp's prefill, transformers' continue_final_message)."""
+the reply ends at the template's end-of-turn token (a char run's plain template: at its end
+text). Either way a trailing assistant message is continued rather than answered (llama.cpp's
+prefill, transformers' continue_final_message)."""
 
 from pathlib import Path
 
