@@ -203,3 +203,17 @@ def test_bad_template_settings_are_one_line_errors(runs, cli, tmp_path, small_co
     assert cli("train", *tiny_flags, "--data", lower, "--out", tmp_path / "p", "--iters", "2")[0] == 0
     code, _, err = cli("train", "--init-from", tmp_path / "p", "--data", runs["chats"], "--out", tmp_path / "c")
     assert code == 2 and "lacks: ':iuy'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_chat_template_file_replaces_the_kinds_template(runs, cli, tmp_path):
+    """Guards against --chat-template being ignored: a byte run fine-tuned with the plain template
+    keeps that file as its template (and still gains the ChatML tokens), its replies then ending
+    at the template's blank line as a char run's do."""
+    (tmp_path / "plain.jinja").write_text(PLAIN)
+    code, _, err = cli("train", "--init-from", runs["parent-byte"], "--data", runs["chats"], "--chat-template",
+                       tmp_path / "plain.jinja", "--iters", "2", "--eval-every", "2", "--out", tmp_path / "c")
+    assert code == 0, err
+    tokenizer = read_tokenizer(tmp_path / "c")
+    assert tokenizer.chat_template == PLAIN and tokenizer.vocab_size == 259
+    chat = ChatFormat(tokenizer)
+    assert chat.end_of_turn is None and chat.end_text == "\n\n"
