@@ -1,7 +1,8 @@
 """A conversation as training tokens: its ids as the run's chat template renders them, and which
 of them the loss is taken on (the assistant's).
 
-The targets are each assistant turn's tokens and the end-of-turn token that closes it; the system
+The targets are each assistant turn's tokens and the end-of-turn token that closes it (for a
+template with no such token, a char run's, the characters of its end text: ChatFormat.end_text); the system
 and user turns, the template's markers and the opening of the assistant's turn are not. The
 turns are found by rendering the conversation turn by turn: the text before assistant message i
 is what the template writes for messages[:i] with the assistant's turn opened
@@ -43,8 +44,13 @@ def conversation_tokens(chat: ChatFormat, messages: list[dict]) -> tuple[list[in
             first = next(j for j, (a, b) in enumerate(offsets) if b > start)
         last = next((j for j in range(first, len(ids)) if ids[j] == chat.end_of_turn and offsets[j][0] >= content_end),
                     None)
-        if last is None:  # no end-of-turn token: the reply's own text alone
-            last = max(j for j, (a, b) in enumerate(offsets) if a < max(content_end, start + 1))
+        if last is None:  # no end-of-turn token: the reply's text, and the template's end text after it
+            end = max(content_end, start + 1)
+            if chat.end_text:  # the last place it starts in the blank space after the reply's text
+                blank = len(full) - len(full[content_end:].lstrip())
+                ends = [at + len(chat.end_text) for at in range(content_end, blank + 1) if full.startswith(chat.end_text, at)]
+                end = ends[-1] if ends else end
+            last = max(j for j, (a, b) in enumerate(offsets) if a < end)
         for j in range(first, last + 1):
             mask[j] = True
     return ids, mask

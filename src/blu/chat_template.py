@@ -1,7 +1,7 @@
 """A pretrained checkpoint's chat template (Jinja), rendered as transformers renders it, in Jinja's
 sandbox: a template is data from a downloaded file, and it never runs code.
 
-    chat = ChatFormat(tokenizer)             # an imported run's tokenizer (kind hf) with a chat_template
+    chat = ChatFormat(tokenizer)             # a run's tokenizer with a chat_template (any kind: chat_kinds.py)
     prompt = chat.prompt([{"role": "user", "content": "Hi"}])   # the text of the conversation so far
     ids = chat.encode(prompt)                # its ids, the template's markers as their special tokens
     chat.end_of_turn                         # the id that ends the assistant's reply (None: unknown)
@@ -28,7 +28,6 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer as HFTokenizer
 
 from .errors import BluError
-from .tokenizers.pretrained import PretrainedTokenizer
 
 PROBE = "blu probe reply"  # an assistant message found again in a rendering: what follows it ends a turn
 CONTINUE_TAG = "CONTINUE_FINAL_MESSAGE_TAG "  # transformers' marker for continue_final_message
@@ -103,21 +102,28 @@ def _one_line(error: Exception) -> str:
 
 
 class ChatFormat:
-    """A tokenizer's own chat template (tokenizers/pretrained.py keeps it), ready to turn
-    conversations into prompts and ids, with the token that ends a reply."""
+    """A run's chat template (the tokenizer's `chat_template`: an imported checkpoint's, or the one
+    chat_kinds.py gives a run of blu's own kinds), ready to turn conversations into prompts and
+    ids, with what ends a reply: a token (`end_of_turn`) or, where the template writes no special
+    token after a reply (a char run's plain one), the text it writes there (`end_text`)."""
 
-    def __init__(self, tokenizer: PretrainedTokenizer):
-        if not tokenizer.chat_template:
+    def __init__(self, tokenizer):
+        if not getattr(tokenizer, "chat_template", None):
             raise ChatTemplateError("this tokenizer has no chat template")
         self.source = tokenizer.chat_template
         self.template = compile_template(self.source)
-        # A second tokenizer of the same file that reads special tokens' text as the tokens (the
-        # run's own reads it as text, so that a corpus or a completion prompt stays what it says).
-        self.parsing = HFTokenizer.from_str(json.dumps(tokenizer.original))
-        self.specials = {t["content"]: t["id"] for t in tokenizer.original.get("added_tokens", []) if t.get("special")}
-        names = {"bos_token": tokenizer.bos_id, "eos_token": tokenizer.end_id}
-        self.variables = {name: tokenizer.hf.id_to_token(i) for name, i in names.items() if i is not None}
+        if tokenizer.kind == "char":  # no special tokens: the template's markers are characters
+            self.parsing, self.specials, self.variables = _CharParsing(tokenizer), {}, {}
+        else:
+            # A second tokenizer of the same file that reads special tokens' text as the tokens (the
+            # run's own reads it as text, so that a corpus or a completion prompt stays what it says).
+            original = tokenizer.original if tokenizer.kind == "hf" else json.loads(tokenizer.to_json())
+            self.parsing = HFTokenizer.from_str(json.dumps(original))
+            self.specials = {t["content"]: t["id"] for t in original.get("added_tokens", []) if t.get("special")}
+            names = {"bos_token": getattr(tokenizer, "bos_id", None), "eos_token": tokenizer.end_id}
+            self.variables = {name: tokenizer.hf.id_to_token(i) for name, i in names.items() if i is not None}
         self.end_of_turn = self._find_end_of_turn()
+        self.end_text = self._find_end_text() if self.end_of_turn is None else None
 
     def render(self, messages: list[dict], add_generation_prompt: bool) -> str:
         """The template's text for `messages` (each a dict of role and content strings)."""
@@ -149,10 +155,9 @@ class ChatFormat:
         (a template that wants the start-of-text token writes bos_token itself)."""
         return self.parsing.encode(prompt, add_special_tokens=False).ids
 
-    def _find_end_of_turn(self) -> int | None:
-        """The first special token the template writes after an assistant's message (ChatML's
-        <|im_end|>, Llama 3's <|eot_id|>, Llama 2's </s>), from a probe conversation; None
-        where the template writes none, or refuses every probe."""
+    def _after_a_reply(self) -> str | None:
+        """What the template writes after a conversation's last message, the assistant's (a probe
+        conversation); None where it refuses every probe or leaves the reply out."""
         for before in ([], [{"role": "system", "content": "system"}]):
             probe = [*before, {"role": "user", "content": "user"}, {"role": "assistant", "content": PROBE}]
             try:
@@ -160,6 +165,36 @@ class ChatFormat:
             except ChatTemplateError:
                 continue
             if PROBE in rendered:
-                after = self.encode(rendered[rendered.index(PROBE) + len(PROBE):])
-                return next((i for i in after if i in self.specials.values()), None)
+                return rendered[rendered.index(PROBE) + len(PROBE):]
         return None
+
+    def _find_end_of_turn(self) -> int | None:
+        """The first special token the template writes after an assistant's message (ChatML's
+        <|im_end|>, Llama 3's <|eot_id|>, Llama 2's </s>); None where it writes none."""
+        after = self._after_a_reply()
+        return None if after is None else next((i for i in self.encode(after) if i in self.specials.values()), None)
+
+    def _find_end_text(self) -> str | None:
+        """Where no token ends a reply: the text the template writes after it (the char template's
+        blank line), which ends a reply as a stop string; None if it writes nothing there."""
+        return self._after_a_reply() or None
+
+
+class _CharEncoding:
+    """A char run's ids with the offsets `tokenizers` gives an encoding (one character each)."""
+
+    def __init__(self, ids: list[int]):
+        self.ids, self.offsets = ids, [(i, i + 1) for i in range(len(ids))]
+
+    def char_to_token(self, at: int) -> int | None:
+        return at if 0 <= at < len(self.ids) else None
+
+
+class _CharParsing:
+    """A char tokenizer with the `encode` of a `tokenizers` one, for chat_mask.py."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> _CharEncoding:
+        return _CharEncoding(self.tokenizer.encode(text))

@@ -76,10 +76,7 @@ def encode_conversations(chat: ChatFormat, path, context: int, skipped: list[str
 
 
 def run_conversations(tokenizer, data, val_data, fraction: float, seed: int, context: int, skip_bad: bool, log):
-    """chat_data for a run's tokenizer, which must carry a chat template (an imported run's)."""
-    if not getattr(tokenizer, "chat_template", None):
-        raise BluError(f"{data} holds conversations, and this run's tokenizer has no chat template to render them "
-                       "with: start from an imported run that has one (--init-from)")
+    """chat_data for a run's tokenizer, which carries its chat template (chat_kinds.chat_tokenizer)."""
     if val_data is not None and not is_conversation_file(val_data):
         raise BluError(f"--val-data {val_data} does not hold conversations ({{\"messages\": [...]}} lines) as --data does")
     return chat_data(ChatFormat(tokenizer), tokenizer.to_json(), data, val_data, fraction, seed, context, skip_bad, log)

@@ -54,7 +54,8 @@ class TrainState:
         return cls(**values)
 
 
-RUN_FILES = ("config.json", "tokenizer.json", "model.safetensors", "last", "metrics.jsonl", "loss.png", "samples.txt")
+RUN_FILES = ("config.json", "tokenizer.json", "chat_template.jinja", "model.safetensors", "last", "metrics.jsonl",
+             "loss.png", "samples.txt")
 
 
 def remove_temporaries(run_dir: Path) -> None:
@@ -105,10 +106,22 @@ def _read_tensors(path: Path, expected: dict) -> tuple[dict, dict]:
         raise BluError(f"{path} is truncated or corrupt ({error})") from None
 
 
-def load_weights(model: Transformer, path: Path) -> None:
-    """Load weights saved by `save_model`, checked against the model's shapes."""
+VOCAB_ROWS = ("tok_embeddings.weight", "output.weight")  # one row per token
+
+
+def load_weights(model: Transformer, path: Path, grow=None) -> None:
+    """Load weights saved by `save_model`, checked against the model's shapes. `grow(weight,
+    rows)`: the file may have fewer tokens than the model (a parent before the tokens a chat
+    fine-tune adds), and its embedding and head are grown to the model's by that function."""
     expected = {k: v.shape for k, v in model_tensors(model).items()}
-    tensors, _ = _read_tensors(path, expected)
+    tensors, _ = _read_tensors(path, {k: s for k, s in expected.items() if grow is None or k not in VOCAB_ROWS})
+    for name in VOCAB_ROWS if grow is not None else ():
+        if name in expected:
+            have = tensors.get(name)
+            if have is None or have.shape[1:] != expected[name][1:] or have.shape[0] > expected[name][0]:
+                raise BluError(f"{path}: tensor {name} has shape {None if have is None else tuple(have.shape)}, "
+                               f"the configuration says {tuple(expected[name])} (or fewer rows)")
+            tensors[name] = grow(have, expected[name][0])
     model.load_state_dict({k: tensors[k] for k in expected}, strict=False)
 
 

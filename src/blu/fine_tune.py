@@ -16,6 +16,7 @@ from dataclasses import replace
 import hashlib
 from pathlib import Path
 
+from .chat_kinds import grown_rows
 from .checkpoint import load_weights
 from .config import FINE_TUNE, Budget, ModelConfig, TrainConfig, with_overrides
 from .errors import BluError
@@ -77,4 +78,4 @@ def load_parent_weights(model: Transformer, record: dict) -> None:
     if weights_sha256(path) != record["weights_sha256"]:
         raise BluError(f"{path} has changed since this run was created from it (its SHA-256 differs), and the run "
                        "has no save of its own yet: start it again with --init-from and --force")
-    load_weights(model, path)
+    load_weights(model, path, grow=grown_rows)  # a chat fine-tune's new tokens get rows (chat_kinds.py)

@@ -15,7 +15,8 @@ loading one to generate or evaluate. This module defines what config.json holds:
     init_from    a run started from another's weights (--init-from): the parent's folder and
                  the SHA-256 of its weights (fine_tune.py)
 
-tokenizer.json beside it holds the tokenizer (see tokenizers/). The files themselves are
+tokenizer.json beside it holds the tokenizer (see tokenizers/), and chat_template.jinja the chat
+template of a byte, bpe or char run fine-tuned on conversations (chat_kinds.py). The files themselves are
 read and written by checkpoint.py."""
 
 from dataclasses import dataclass, field, fields, replace
@@ -25,6 +26,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from .chat_kinds import TEMPLATE_FILE, chat_tokenizer
 from .chat_train import run_conversations
 from .checkpoint import clear_run, load_weights
 from .config import PRESETS, Budget, ModelConfig, TextSettings, TrainConfig, configs_for, from_dict, to_dict
@@ -80,7 +82,8 @@ def default_folder(text: TextSettings) -> Path:
 
 
 def create_run(out=None, text: TextSettings | None = None, preset: str | None = None, overrides: dict | None = None,
-               budget: Budget | None = None, force: bool = False, device=None, log=say, init_from=None) -> Run:
+               budget: Budget | None = None, force: bool = False, device=None, log=say, init_from=None,
+               chat_template=None) -> Run:
     """A new run in `out` (default: default_folder) on the text `text` names: the configuration
     of `preset` (default: gpu on CUDA, cpu otherwise, by `device`, default this machine's) with
     `overrides` (ModelConfig and TrainConfig field names; None keeps the preset's value) and
@@ -88,8 +91,11 @@ def create_run(out=None, text: TextSettings | None = None, preset: str | None = 
     unless `force`, which replaces it. The tokenizer is built from the training part of the text
     only, or read from --tokenizer-from; the text is tokenized into the cache folder, or read
     from there (data/); `log` says what takes long. With `init_from`, a run folder, the model and
-    tokenizer are that run's and training starts from its weights (fine_tune.py).
-    Writes config.json and tokenizer.json; nothing is written to the run folder if anything is wrong."""
+    tokenizer are that run's and training starts from its weights (fine_tune.py); on conversations
+    the tokenizer gets its chat template (`chat_template`: a Jinja file replacing the kind's) and,
+    for byte and bpe, the ChatML tokens, and the model the rows for them (chat_kinds.py).
+    Writes config.json and tokenizer.json (and chat_template.jinja); nothing is written to the
+    run folder if anything is wrong."""
     text, budget, overrides = text or TextSettings(), budget or Budget(), overrides or {}
     budget.validate()
     settable = {f.name for f in fields(ModelConfig) + fields(TrainConfig)} - {"vocab_size", "iters", "time_s"}
@@ -103,7 +109,9 @@ def create_run(out=None, text: TextSettings | None = None, preset: str | None = 
         text = replace(text, tokenizer_from=str(init_from))  # the parent's tokenizer, as --tokenizer-from reads it
     chat = text.data is not None and is_conversation_file(text.data)  # fine-tuning on conversations (chat_train.py)
     if chat and parent is None:
-        raise BluError(f"{text.data} holds conversations: fine-tune a run with a chat template on it (--init-from RUN)")
+        raise BluError(f"{text.data} holds conversations: fine-tune a trained run on it (--init-from RUN)")
+    if chat_template is not None and not chat:
+        raise BluError("--chat-template is for fine-tuning on conversations (--init-from RUN --data chats.jsonl)")
     corpus = None if chat else open_corpus(text, seed)
     folder = Path(out) if out else default_folder(text)
     if holds_run(folder) and not force:
@@ -117,7 +125,8 @@ def create_run(out=None, text: TextSettings | None = None, preset: str | None = 
         raise BluError(f"preset must be one of {', '.join(sorted(PRESETS))}, got {preset!r}")
     if chat:
         text.validate()
-        tokens_of = read_tokenizer(init_from)
+        tokens_of = chat_tokenizer(read_tokenizer(init_from), chat_template)
+        model_config = replace(model_config, vocab_size=tokens_of.vocab_size)  # the ChatML tokens' rows, if gained
         train, val, record = run_conversations(tokens_of, text.data, text.val_data, text.val_fraction, seed,
                                                model_config.context, text.skip_bad_files, log)
     else:
@@ -134,6 +143,8 @@ def create_run(out=None, text: TextSettings | None = None, preset: str | None = 
         clear_run(folder)
     write_json(folder / "config.json", meta)
     atomic_write(folder / "tokenizer.json", tokens_of.to_json().encode())
+    if tokens_of.chat_template and tokens_of.kind != "hf":  # an hf tokenizer.json holds its own
+        atomic_write(folder / TEMPLATE_FILE, tokens_of.chat_template.encode())
     if chat:
         return Run(folder, meta, model_config, train_config, tokens_of, train.ids, val.ids, np.zeros(0),
                    skipped=record["skipped"], chats=(train, val))

@@ -27,7 +27,7 @@ def text_settings(args) -> TextSettings:
 
 def configured_flags(args, overrides: dict) -> list[str]:
     """The flags given that configure a new run (what --resume may not change), as typed."""
-    names = [f.name for f in fields(TextSettings)] + ["preset", "init_from"]
+    names = [f.name for f in fields(TextSettings)] + ["preset", "init_from", "chat_template"]
     given = [n for n in names if getattr(args, n) is not None] + [n for n, v in overrides.items() if v is not None]
     return ["--" + name.replace("_", "-") for name in given + (["force"] if args.force else [])]
 
@@ -50,7 +50,8 @@ def cmd_train(args) -> int:
                           f"(not {', '.join(flags)})")
     with world.process_group(device):
         run = open_run(world, args.out, Budget(args.iters, args.time), args.resume, text=text_settings(args),
-                       preset=args.preset, overrides=overrides, force=args.force, device=device, init_from=args.init_from)
+                       preset=args.preset, overrides=overrides, force=args.force, device=device, init_from=args.init_from,
+                       chat_template=args.chat_template)
         model_config, train_config = run.model_config, run.train_config
         n_params = model_config.num_parameters()
         budget_text = " and ".join(filter(None, [f"{train_config.iters} steps" if train_config.iters else "",

@@ -123,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--init-from", metavar="RUN", help="start from this run's weights and tokenizer (a blu run or "
                        "an imported one): its model, new optimizer state, budget and schedule, with the fine-tuning "
                        "defaults of docs/import.md")
+    train.add_argument("--chat-template", metavar="FILE", help="with --init-from and conversations: a Jinja chat "
+                       "template to train with instead of the run kind's (ChatML for byte and bpe, a plain transcript "
+                       "for char, an imported run's own; docs/train-and-data.md)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its last saved state")
     train.add_argument("--force", action="store_true", help="replace a run already in --out")
     _add_config_flags(train, ModelConfig, "model")

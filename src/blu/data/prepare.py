@@ -88,7 +88,11 @@ def read_tokenizer(source) -> Tokenizer:
     path = Path(source)
     path = path / "tokenizer.json" if path.is_dir() else path
     try:
-        return tokenizer_from_json(path.read_text(encoding="utf-8"))
+        tokenizer = tokenizer_from_json(path.read_text(encoding="utf-8"))
+        # A run of blu's own kinds fine-tuned on conversations keeps its chat template beside (chat_kinds.py).
+        if tokenizer.kind != "hf" and (template := path.with_name("chat_template.jinja")).is_file():
+            tokenizer.chat_template = template.read_text(encoding="utf-8")
+        return tokenizer
     except FileNotFoundError:
         raise BluError(f"{path}: no such tokenizer file") from None
     except (OSError, UnicodeDecodeError) as error:

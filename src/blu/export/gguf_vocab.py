@@ -6,7 +6,12 @@ starts from one symbol per byte, applies the merges in rank order, and looks the
 symbols up in the token list (a symbol that is no token is dropped).
 
 - `byte` and `bpe`: blu's tokenizer.json is already that (see bytelevel.py): its tokens in id
-  order, its merges as "left right", `<|endoftext|>` a CONTROL token (never made from text).
+  order, its merges as "left right", `<|endoftext|>` a CONTROL token (never made from text), and
+  after a chat fine-tune ChatML's `<|im_start|>` and `<|im_end|>` CONTROL tokens too (made from
+  text only where the chat template writes them: llama.cpp parses specials in a chat prompt),
+  `<|im_end|>` the end of turn (EOT) and the template as tokenizer.chat_template.
+- every run with a chat template writes it as tokenizer.chat_template (a char run's plain one
+  too, though llama.cpp stops its replies at no string of its own: pass the blank line as a stop).
 - `char`: a token per character, written as the byte-level string of its UTF-8 bytes, and for
   each character of more than one byte the merges that build it a byte at a time from its
   first byte. A merge's left side always starts at the first byte of a character and its right
@@ -24,12 +29,15 @@ import json
 
 import gguf
 
+from ..chat_kinds import IM_END, IM_START
+from ..chat_template import ChatFormat
 from ..errors import BluError
 from ..tokenizers import UNK
 from ..tokenizers.bytelevel import END_OF_TEXT, gpt2_byte_map
 from ..tokenizers.llama_cpp import PRE_TOKENIZERS, pre_tokenizer_name
 
 NORMAL, CONTROL, USER_DEFINED = gguf.TokenType.NORMAL, gguf.TokenType.CONTROL, gguf.TokenType.USER_DEFINED
+SPECIALS = (END_OF_TEXT, IM_START, IM_END)  # blu's own special tokens (the ChatML ones a chat fine-tune adds)
 
 # llama.cpp requires a merges list for `gpt2` and gguf's writer cannot write an empty one, so a
 # vocabulary with no merges gets this one, which can never apply: no merge builds its left side
@@ -109,15 +117,18 @@ def char_vocab(tokenizer) -> GGUFVocab:
         for k in range(1, len(encoded)):  # the first k bytes, then byte k
             merges[f"{byte_level(encoded[:k])} {byte_level(encoded[k : k + 1])}"] = None
     return GGUFVocab(tokens, [CONTROL] + [NORMAL] * len(tokenizer.chars), list(merges),
-                     bos=tokenizer.start_ids()[0], eos=tokenizer.unk_id, unk=tokenizer.unk_id)
+                     bos=tokenizer.start_ids()[0], eos=tokenizer.unk_id, unk=tokenizer.unk_id,
+                     chat_template=tokenizer.chat_template)
 
 
 def byte_level_vocab(tokenizer) -> GGUFVocab:
     data = json.loads(tokenizer.to_json())
     check_llama_cpp_can_split_as(data)
     tokens = _ordered_tokens(tokenizer.hf)
-    types = [CONTROL if t == END_OF_TEXT else NORMAL for t in tokens]
-    return GGUFVocab(tokens, types, _merges(data), bos=tokenizer.start_ids()[0], eos=tokenizer.end_id)
+    types = [CONTROL if t in SPECIALS else NORMAL for t in tokens]
+    eot = ChatFormat(tokenizer).end_of_turn if tokenizer.chat_template else None
+    return GGUFVocab(tokens, types, _merges(data), bos=tokenizer.start_ids()[0], eos=tokenizer.end_id, eot=eot,
+                     chat_template=tokenizer.chat_template)
 
 
 def check_llama_cpp_can_split_as(data: dict) -> None:
@@ -131,7 +142,8 @@ def check_llama_cpp_can_split_as(data: dict) -> None:
         "dropout, subword prefixes or suffixes, byte fallback or ignore_merges":
             bool(model.get("dropout") or model.get("continuing_subword_prefix") or model.get("end_of_word_suffix")
                  or model.get("byte_fallback") or model.get("ignore_merges")),
-        f"special tokens other than {END_OF_TEXT}": any(t["content"] != END_OF_TEXT for t in data.get("added_tokens", [])),
+        f"special tokens other than {', '.join(SPECIALS)}": any(t["content"] not in SPECIALS or not t.get("special")
+                                                             for t in data.get("added_tokens", [])),
     }
     for what, differs in differences.items():
         if differs:

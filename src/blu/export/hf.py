@@ -6,6 +6,11 @@ its end-of-text token as the end-of-sequence token. A char run's becomes a `toke
 model with no merges (so every character is one token, <unk> the unknown one), no
 pre-tokenizer and a Fuse decoder (so decoding joins the characters without inserting spaces),
 written as plain JSON.
+
+A run with a chat template (an imported one's, or the one a chat fine-tune gave: chat_kinds.py)
+writes it as tokenizer_config.json's chat_template, with the tokens apply_chat_template needs:
+ChatML's markers are added tokens of tokenizer.json, and generation_config.json stops at the
+end-of-turn token as well as the end of text.
 """
 
 import json
@@ -14,6 +19,7 @@ import re
 
 from safetensors.torch import save as safetensors_bytes
 
+from ..chat_template import ChatFormat
 from ..checkpoint import model_tensors
 from ..errors import BluError
 from ..files import atomic_write, refuse_to_replace
@@ -132,16 +138,24 @@ def export_hf(run_dir, out_dir, force: bool = False) -> Path:
                    (("bos_token", tokenizer.bos_id), ("eos_token", tokenizer.end_id)) if index is not None}
     else:  # the literal text "<|endoftext|>" stays text (split_special_tokens), as in blu
         special = {"eos_token": END_OF_TEXT}
-    imported = {"add_bos_token": tokenizer.add_bos, "chat_template": tokenizer.chat_template} if tokenizer.kind == "hf" else {}
+    imported = {"add_bos_token": tokenizer.add_bos} if tokenizer.kind == "hf" else {}
     bos_id, stop_ids = (tokenizer.bos_id, tokenizer.stop_ids) if tokenizer.kind == "hf" else (None, tokenizer.end_id)
+    end_of_turn = ChatFormat(tokenizer).end_of_turn if tokenizer.chat_template else None
+    if end_of_turn is not None:  # generate() ends a reply at the template's end of turn too
+        stop_ids = sorted({*(stop_ids if isinstance(stop_ids, list) else [stop_ids]), end_of_turn} - {None})
+    # transformers' apply_chat_template encodes the rendering with the tokenizer's split_special_tokens:
+    # True would make the template's markers text, so a run with a template leaves it False (and
+    # a special token's text typed in a prompt becomes the token there, transformers' default).
+    split = tokenizer.end_id is not None and not tokenizer.chat_template
     files = {
         "config.json": {**hf_config(model.config, tokenizer.end_id), "bos_token_id": bos_id},
         "generation_config.json": {"do_sample": False, "bos_token_id": bos_id, "eos_token_id": stop_ids},
         "tokenizer.json": hf_tokenizer(tokenizer),
         "tokenizer_config.json": {
-            "tokenizer_class": "PreTrainedTokenizerFast", **special, "split_special_tokens": tokenizer.end_id is not None,
+            "tokenizer_class": "PreTrainedTokenizerFast", **special, "split_special_tokens": split,
             "model_max_length": model.config.context, "clean_up_tokenization_spaces": False,
             **{k: v for k, v in imported.items() if v is not None},
+            **({"chat_template": tokenizer.chat_template} if tokenizer.chat_template else {}),
         },
         "special_tokens_map.json": special,
     }

@@ -10,8 +10,9 @@ string with `{role}` and `{content}` (`--chat-template FILE` holds it), filled b
 replacement, never evaluated.
 
 A run's own template renders the prompt exactly as transformers' apply_chat_template does, and
-the reply ends at the template's end-of-turn token. Either way a trailing assistant message is
-continued rather than answered (llama.cpp's prefill, transformers' continue_final_message)."""
+the reply ends at the template's end-of-turn token (a char run's plain template: at its end
+text). Either way a trailing assistant message is continued rather than answered (llama.cpp's
+prefill, transformers' continue_final_message)."""
 
 from pathlib import Path
 
@@ -71,7 +72,8 @@ class ChatTemplate:
 
 
 class RunTemplate:
-    """The run's own chat template (an imported checkpoint's), with the same methods as ChatTemplate."""
+    """The run's own chat template (an imported checkpoint's, or the one a byte, bpe or char run
+    got for fine-tuning on conversations: chat_kinds.py), with the same methods as ChatTemplate."""
 
     description = "the run's own chat template"
 
@@ -95,7 +97,9 @@ class RunTemplate:
         pass  # compiled when made; every request is rendered on its own
 
     def stops(self, roles) -> list[str]:
-        return []  # the end-of-turn token ends the reply, whatever text the model writes
+        # The end-of-turn token ends the reply, whatever text the model writes; a template with
+        # none (a char run's) ends it at the text it writes after a reply, its blank line.
+        return [self.format.end_text] if self.format.end_text else []
 
 
 def chat_template_for(tokenizer, path=None):

@@ -22,6 +22,9 @@ class Tokenizer(ABC):
     vocab_size: int
     unk_id: int | None = None  # stands for unknown text; never generated, dropped from prompts
     end_id: int | None = None  # the end-of-text token after each document; generation stops at it
+    # The Jinja chat template conversations are rendered with (chat_kinds.py): an imported
+    # checkpoint's, or the one a run of blu's own kinds got for fine-tuning on conversations.
+    chat_template: str | None = None
     # The UTF-8 bytes each id stands for, indexed by id: b"" for <unk> and end-of-text, which stand
     # for no text; one byte of a character for a byte token. Every kind fills it when it is made.
     token_bytes: list[bytes]

@@ -8,7 +8,9 @@ prefix space, all 256 bytes in the vocabulary (nothing is ever unknown), and
 the byte values, so blu encodes it with numpy, and `tokenizers` gives the same ids.
 
 The end-of-text token follows every document. It is never produced from text: the literal
-`<|endoftext|>` in a prompt or a corpus is encoded as the characters it is made of.
+`<|endoftext|>` in a prompt or a corpus is encoded as the characters it is made of, as are
+ChatML's `<|im_start|>` and `<|im_end|>`, which a run fine-tuning on conversations gains after it
+(chat_kinds.py; only its chat template's rendering makes them the tokens).
 """
 
 import json
@@ -155,7 +157,8 @@ def _tiktoken_encoding(tokenizer: "ByteLevelTokenizer"):
         if made is None or made <= last:
             return None
         last = made
-    ranks = {token: index for index, token in enumerate(tokenizer.token_bytes) if index != tokenizer.end_id}
+    # Special tokens (end-of-text, the ChatML markers a chat run gains) stand for no bytes: tiktoken never makes them.
+    ranks = {token: index for index, token in enumerate(tokenizer.token_bytes) if token}
     return tiktoken.Encoding("blu", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={})
 
 
