@@ -28,8 +28,8 @@ def test_each_evaluation_reports_the_assistant_loss_and_the_answers(chat_runs):
     bytes, and against samples that are not the model's answers to held-out conversations: every
     evaluation row says its loss is over the held-out assistant tokens (as many as config.json
     records) with bits per byte of the replies' text; samples.txt, as the training view reads it,
-    answers the same three conversations at each evaluation beside the reference, and the last
-    answers are the learned reply, ended at the end-of-turn token (nothing after it)."""
+    answers the same three conversations at each evaluation beside the reference, each answer
+    on one line, and the last answers are the learned reply, ended at the end-of-turn token (nothing after it)."""
     _, tuned = chat_runs
     record = json.loads((tuned / "config.json").read_text())["data"]
     rows = [r for r in MetricsLog(tuned).rows() if "val_loss" in r]
@@ -46,6 +46,8 @@ def test_each_evaluation_reports_the_assistant_loss_and_the_answers(chat_runs):
     assert len(asked[0]) == 3 and asked[0] == asked[1] == asked[2]
     for sample in samples:
         assert sample["text"].count(f"  reference: {REPLY}\n") == 3
+        # Each answer on one line, whatever the model wrote (the untrained one writes line breaks).
+        assert len(sample["text"].splitlines()) == len(samples[-1]["text"].splitlines())
     assert samples[0]["text"].count(f"  model:     {REPLY}") == 0  # the imported model had not learned it
     assert samples[-1]["text"].count(f"  model:     {REPLY}\n") == 2
     assert samples[-1]["text"].endswith(f"  model:     {REPLY}")

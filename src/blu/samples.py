@@ -71,8 +71,10 @@ def greedy_reply(model, tokenizer, prompt_ids: list[int], max_tokens: int, stops
     return text + stream.finish()
 
 
-def indented(text: str) -> str:
-    return text.replace("\n", "\n    ")
+def one_line(text: str) -> str:
+    """A reply on one line, its line breaks written \\n: a model that answers with forty empty
+    lines (as an untrained one does) takes one line of the view, not forty."""
+    return text.replace("\\", "\\\\").replace("\n", "\\n")
 
 
 def chat_samples(model, tokenizer, conversations, seed: int, max_chars: int) -> str:
@@ -86,5 +88,5 @@ def chat_samples(model, tokenizer, conversations, seed: int, max_chars: int) -> 
         answer = greedy_reply(model, tokenizer, prompt, min(max_chars, 2 * len(reference) + 16), stops)
         wanted = tokenizer.decode([i for i in reference if i not in stops])
         parts.append(f"## held-out conversation {index + 1} of {len(conversations)}\n{shown.rstrip()}\n"
-                     f"  reference: {indented(wanted)}\n  model:     {indented(answer)}")
+                     f"  reference: {one_line(wanted)}\n  model:     {one_line(answer)}")
     return "\n".join(parts)
