@@ -85,7 +85,7 @@ def chat_samples(model, tokenizer, conversations, seed: int, max_chars: int) -> 
         prompt, reference = first_reply(conversations, index)
         shown = tokenizer.decode(prompt)
         shown = shown if len(shown) <= PROMPT_SHOWN else "..." + shown[-PROMPT_SHOWN:]
-        answer = greedy_reply(model, tokenizer, prompt, min(max_chars, 2 * len(reference) + 16), stops)
+        answer = greedy_reply(model, tokenizer, prompt or tokenizer.start_ids(), min(max_chars, 2 * len(reference) + 16), stops)
         wanted = tokenizer.decode([i for i in reference if i not in stops])
         parts.append(f"## held-out conversation {index + 1} of {len(conversations)}\n{shown.rstrip()}\n"
                      f"  reference: {one_line(wanted)}\n  model:     {one_line(answer)}")
