@@ -121,6 +121,18 @@ def served_run(tmp_path_factory, shakespeare) -> Path:
     return train_tiny(corpus(folder, shakespeare), folder / "shakes")
 
 
+@pytest.fixture(scope="session")
+def chat_runs(tmp_path_factory, shakespeare) -> tuple[Path, Path]:
+    """(a small random Llama imported with a ChatML template, its 80-step fine-tune on
+    conversations that all get chat_support.REPLY) for the tests of chatting; copy before changing."""
+    from chat_support import imported_chatml_run, tuned_chat_run
+
+    folder = tmp_path_factory.mktemp("chat")
+    text = shakespeare.read_text(encoding="utf-8")
+    parent = imported_chatml_run(folder, text)
+    return parent, tuned_chat_run(folder, parent, text, iters=80)
+
+
 def read_documents(path, ext=None, text_field: str = "text") -> list[str]:
     """Every document below `path`, whole, in order, all in memory: what the streamed reading must give."""
     from blu.data.sources import Source

@@ -142,8 +142,10 @@ def test_a_short_fine_tune_lowers_the_assistant_validation_loss(tmp_path, cli, i
     assert record["kind"] == "conversations" and record["conversations"] == {"train": 180, "validation": 20}
     code, _, err = cli("train", "--out", tmp_path / "tuned", "--resume", "--iters", 32)
     assert code == 0, err
-    code, _, err = cli("eval", "--run", tmp_path / "tuned")  # not scored yet: said in one line, not misread as text
-    assert code == 2 and "conversations" in err and len(err.strip().splitlines()) == 1, err
+    code, out, err = cli("eval", "--run", tmp_path / "tuned", "--json")  # its conversations, not misread as text
+    assert code == 0, err
+    resumed = [r["val_loss"] for r in MetricsLog(tmp_path / "tuned").rows() if "val_loss" in r]
+    assert json.loads(out)["val_loss"] == pytest.approx(min(resumed), abs=1e-5)  # the best weights, as saved
 
 
 def test_the_step_loss_is_the_mean_over_the_global_batchs_assistant_tokens(tmp_path, imported, shakespeare):

@@ -2,6 +2,7 @@
 playwright): type, Generate, the text grows, Stop; probabilities; chat; a run being trained
 updating live. No console errors, and no request leaves the server."""
 
+import json
 from pathlib import Path
 import shutil
 import subprocess
@@ -160,4 +161,39 @@ def test_page_asks_for_the_key(browser, served_run):
         # The only console errors are the browser's own notes on the 401s that made the page ask.
         assert watched.errors and all("401" in error for error in watched.errors)
         watched.errors.clear()
+        watched.check_clean()
+
+
+def test_chat_tab_uses_the_runs_template_keeps_history_and_streams(browser, chat_runs):
+    """Guards against a chat tab that sends one message instead of the conversation, asks for a
+    whole answer instead of a stream, or shows something else than the template's reply: on a
+    run fine-tuned on conversations (its own ChatML template), two messages sent from the page go
+    out as the growing history with stream on, each reply shown is the one the API gives for that
+    history (the learned reply, ended at the end-of-turn token), the tab names the template, and
+    the training tab shows the held-out answers beside their references."""
+    from chat_support import REPLY
+
+    with Server(chat_runs[1]) as server:
+        watched = Watched(browser, server.url)
+        page = watched.page
+        sent = []
+        page.on("request", lambda r: sent.append(json.loads(r.post_data)) if r.url.endswith("/chat/completions") else None)
+        watched.open_tab("completion")  # the controls live there, and the chat tab uses them
+        page.locator("#c-temperature").fill("0")
+        watched.open_tab("chat")
+        wait_for(lambda: page.inner_text("#chatformat") == "the run's own chat template", 30, "the template named")
+        for shown, line in ((2, "Good morrow"), (4, "What news?")):
+            page.fill("#chatinput", line)
+            page.click("#send")
+            wait_for(lambda n=shown: page.locator(".msg").count() == n and page.is_enabled("#send"), 60, "a reply")
+            assert page.locator(".msg").nth(shown - 1).inner_text() == f"assistant: {REPLY}"
+        assert [body["stream"] for body in sent] == [True, True]
+        assert sent[1]["messages"] == [{"role": "user", "content": "Good morrow"}, {"role": "assistant", "content": REPLY},
+                                       {"role": "user", "content": "What news?"}]
+        answer = server.client().chat.completions.create(model=sent[1]["model"], messages=sent[1]["messages"],
+                                                         temperature=0)
+        assert answer.choices[0].message.content == REPLY and answer.choices[0].finish_reason == "stop"
+        watched.open_tab("training")
+        wait_for(lambda: page.locator(".sample").count() == 3, 30, "three samples")
+        assert page.locator(".sample").first.inner_text().count(f"model:     {REPLY}") == 3
         watched.check_clean()

@@ -249,8 +249,8 @@ def validation_text(meta: dict, tokenizer: Tokenizer, log=say) -> ScoredText:
     if meta.get("data") is None and meta.get("imported_from"):
         raise BluError("this run was imported and has no training text of its own: score it on a file with --data FILE")
     if isinstance(meta.get("data"), dict) and meta["data"].get("kind") == "conversations":
-        raise BluError("this run was fine-tuned on conversations: blu eval does not score those yet (its val_loss on "
-                       "the assistant's tokens is in metrics.jsonl); score it on a text file with --data FILE")
+        raise BluError("this run was fine-tuned on conversations, which are no text: chat_eval.conversations_to_score "
+                       "reads them (blu eval does)")
     corpus, cache, plan = trained_corpus(meta, from_dict(TrainConfig, meta.get("train")).seed, log)
     return ScoredText(*cache.validation(plan, tokenizer))
 

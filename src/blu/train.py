@@ -20,6 +20,7 @@ from typing import NamedTuple
 import torch
 from tqdm import tqdm
 
+from .chat_eval import scored_counts, token_byte_lengths
 from .chat_train import batches_for, evaluate_chats, micro_loss, target_count
 from .checkpoint import TrainState, load_last, remove_temporaries, save_last, save_model
 from .config import ModelConfig
@@ -27,11 +28,11 @@ from .device import autocast_for, compile_for_training
 from .distributed import Agreed, SkipEvaluation, StopRequest, World
 from .evaluate import evaluate_shared, scored_tokens
 from .fine_tune import load_parent_weights
-from .generate import TextGenerator
 from .metrics import MetricsLog
 from .model import Transformer
 from .optim import learning_rate, make_optimizer
 from .runs import Run
+from .samples import append_sample, chat_samples, text_sample
 
 MAX_FAULTS_IN_A_ROW = 5  # non-finite steps tolerated in a row before training stops
 
@@ -187,7 +188,8 @@ class Trainer:
             return
         self.state.evaluated = True
         per_char = {"val_bpc": val_loss / math.log(2)} if self.run.tokenizer.kind == "char" else {}  # bits per token otherwise
-        self.record({"val_loss": val_loss, **per_char, "val_bpb": val_bpb})
+        chats = scored_counts(self.run.chats[1]) if self.run.chats else {}  # assistant tokens alone: how many
+        self.record({"val_loss": val_loss, **per_char, "val_bpb": val_bpb, **chats})
         improved = self.state.best_val_loss is None or val_loss < self.state.best_val_loss
         if improved:
             self.state.best_val_loss = val_loss
@@ -210,17 +212,16 @@ class Trainer:
     def validate(self) -> tuple[float, float]:
         """The loss (nats per token) and bits per byte over the whole validation split, shared by the ranks."""
         if self.run.chats:  # on the assistant targets of the held-out conversations
-            return evaluate_chats(self.model, self.run.chats[1], getattr(self.run.tokenizer, "byte_lengths_by_id", None),
+            return evaluate_chats(self.model, self.run.chats[1], token_byte_lengths(self.run.tokenizer),
                                   self.config.eval_batch_size, self.world)
         return evaluate_shared(self.model, self.run.val_tokens, self.run.val_bytes, self.config.eval_batch_size, self.world)
 
     def write_sample(self, val_loss: float) -> None:
-        """A sample of the current model, appended to samples.txt (same seed each time)."""
-        pieces = TextGenerator(self.model, self.run.tokenizer).generate("\n", self.config.sample_chars, seed=self.config.seed)
-        text = "".join(pieces)
-        with open(self.folder / "samples.txt", "a", encoding="utf-8") as f:
-            f.write(f"--- step {self.state.step}, val_loss {val_loss:.4f} ---\n{text}\n\n")
-
+        """samples.txt's entry for this evaluation (samples.py): a text, or answers to held-out conversations."""
+        model, tokenizer, chars, seed = self.model, self.run.tokenizer, self.config.sample_chars, self.config.seed
+        body = chat_samples(model, tokenizer, self.run.chats[1], seed, chars) if self.run.chats \
+            else text_sample(model, tokenizer, chars, seed)
+        append_sample(self.folder, self.state.step, val_loss, body)
 
 def train(run: Run, device: torch.device, log=None, world: World | None = None) -> TrainResult:
     """Train `run` (from runs.create_run, runs.resume_run or, under torchrun, runs.open_run) until

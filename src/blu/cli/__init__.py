@@ -11,6 +11,7 @@ import sys
 from ..config import Budget, ModelConfig, SamplingOptions, TextSettings, TrainConfig, knobs, with_overrides
 from ..errors import BluError, ReportedByRankZero
 from ..version import __version__
+from .chat import cmd_chat, eval_conversations
 from .parser import build_parser
 
 SEED_PROMPTS = ("ROMEO: ", "HAMLET: To be, or not to be,", "Once upon a time", "The king")
@@ -162,11 +163,14 @@ def interactive(run, controls) -> int:
 
 
 def cmd_eval(args) -> int:
+    from ..chat_eval import conversations_to_score
     from ..device import pick_device
     from ..evaluate import evaluate, stream_eval
     from ..runs import load_run, text_to_score
 
     meta, model, tokenizer = load_run(args.run, pick_device(args.device))
+    if (chats := conversations_to_score(args.data, meta, tokenizer, model.config.context, say)) is not None:
+        return eval_conversations(args, model, tokenizer, *chats)
     text = text_to_score(args.data, meta, tokenizer, log=say)
     if text.unknown:
         say(f"blu: {text.unknown} characters of {args.data or 'the validation text'} are not in the vocabulary; "
@@ -236,7 +240,7 @@ def cmd_import(args) -> int:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     command = {"train": cmd_train, "prepare": cmd_prepare, "generate": cmd_generate, "eval": cmd_eval, "export": cmd_export,
-               "serve": cmd_serve, "import": cmd_import}[args.command]
+               "serve": cmd_serve, "import": cmd_import, "chat": cmd_chat}[args.command]
     try:
         return command(args)
     except BluError as error:

@@ -1,5 +1,5 @@
-"""The `blu` command's arguments: one subcommand each for train, prepare, generate, eval, serve
-and export, with the training, text and sampling flags generated from the configuration
+"""The `blu` command's arguments: one subcommand each for train, prepare, generate, chat, eval,
+serve, export and import, with the training, text and sampling flags generated from the configuration
 dataclasses and the server's from its settings' defaults."""
 
 import argparse
@@ -19,6 +19,7 @@ from ..config import (
 )
 from ..device import DEVICES
 from ..errors import BluError
+from ..serve.requests import CHAT_MAX_TOKENS
 from ..serve.settings import ServerSettings
 from ..version import __version__
 
@@ -152,14 +153,27 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, help="same seed, same text (default: random)")
     gen.add_argument("--device", default="cpu", choices=DEVICES, help="where to run the model")
 
+    chat = commands.add_parser("chat", help="a conversation with a run in the terminal", formatter_class=fmt,
+                               description="Talk with a run: each line you type is a message, the reply streams "
+                               "back. The run's own chat template (a plain transcript for a run with none), as blu "
+                               "serve uses it. Ctrl-C stops a reply; Ctrl-C at the prompt, or Ctrl-D, ends.")
+    chat.add_argument("--run", required=True, help="run folder")
+    chat.add_argument("--system", metavar="TEXT", help="a system message that opens the conversation")
+    chat.add_argument("--max-new-tokens", type=int, default=CHAT_MAX_TOKENS, help="the longest reply, in tokens")
+    _add_option_flags(chat, SamplingOptions)
+    chat.add_argument("--seed", type=int, help="each reply's draws start from this seed (default: random)")
+    chat.add_argument("--device", default="cpu", choices=DEVICES, help="where to run the model")
+
     ev = commands.add_parser("eval", help="validation loss and bits per byte (and per character for char runs)",
                              formatter_class=fmt,
                              description="Score a run on its validation text (or --data): the loss in nats per token, "
                                          "bits per byte (comparable across tokenizers) and, for a char run, bits per "
-                                         "character.")
+                                         "character. Conversations (a run fine-tuned on them, or a JSONL file of "
+                                         "them) are scored on the assistant's tokens alone.")
     ev.add_argument("--run", required=True, help="run folder")
-    ev.add_argument("--data", metavar="FILE_OR_RUN", help="score this text file, or the validation text of this run "
-                    "folder (a fine-tune's, to compare its parent on the same tokens), instead of the run's own")
+    ev.add_argument("--data", metavar="FILE_OR_RUN", help="score this text file or conversation JSONL, or the "
+                    "validation text or conversations of this run folder (a fine-tune's, to compare its parent on the "
+                    "same tokens), instead of the run's own")
     ev.add_argument("--json", action="store_true", help="print one JSON object")
     ev.add_argument("--stream", action="store_true",
                     help="loss by position through the generation path, up to 8x the context")

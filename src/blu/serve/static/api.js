@@ -72,6 +72,7 @@ async function loadModel() {
     const models = await getJSON("/v1/models");
     blu.info = models.data[0];
     blu.model = blu.info.id;
+    document.getElementById("chatformat").textContent = blu.info.chat;  // the run's own template, or a transcript
     document.getElementById("model").textContent =
       `${blu.model} · ${blu.info.parameters.toLocaleString()} parameters · context ${blu.info.context} · ${blu.info.tokenizer} vocabulary of ${blu.info.vocab_size}`;
   } catch (error) {
