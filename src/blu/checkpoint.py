@@ -19,11 +19,11 @@ import json
 from pathlib import Path
 
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save as safetensors_bytes
+from safetensors.torch import save_file
 import torch
 
 from .errors import BluError
-from .files import atomic_write
+from .files import atomic_file
 from .model import Transformer
 
 
@@ -84,7 +84,14 @@ def model_tensors(model: Transformer, prefix: str = "") -> dict:
 
 
 def save_model(path: Path, model: Transformer) -> None:
-    atomic_write(path, safetensors_bytes(model_tensors(model), metadata={"format": "pt"}))
+    write_tensors(path, model_tensors(model), {"format": "pt"})
+
+
+def write_tensors(path: Path, tensors: dict, metadata: dict) -> None:
+    """A safetensors file written atomically, straight from the tensors' memory: building its bytes
+    first took a second copy of everything (1.3 GB more at a 135M fine-tune's save of last/)."""
+    with atomic_file(path) as tmp:
+        save_file(tensors, tmp, metadata=metadata)
 
 
 def _read_tensors(path: Path, expected: dict) -> tuple[dict, dict]:
@@ -139,8 +146,7 @@ def save_last(run_dir: Path, model, optimizer, generators: dict, state: TrainSta
             tensors[f"optimizer.{names[index]}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
     for name, generator in generators.items():
         tensors[f"rng.{name}"] = generator.get_state()
-    data = safetensors_bytes(tensors, metadata={"state": json.dumps(asdict(state))})
-    atomic_write(Path(run_dir) / "last" / "state.safetensors", data)
+    write_tensors(Path(run_dir) / "last" / "state.safetensors", tensors, {"state": json.dumps(asdict(state))})
 
 
 def load_last(run_dir: Path, model, optimizer, generators: dict) -> TrainState:

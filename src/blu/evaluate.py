@@ -11,6 +11,9 @@ from .decode import DecodeBatch, Decoder
 from .device import autocast_for, device_of
 from .errors import BluError
 
+EVAL_TOKENS = 16_384  # positions per forward: 64 windows of 256, the most a small run evaluates at once
+HEAD_SLICE = 2_048  # positions whose logits exist at once (2,048 x 49,152 x 4 bytes = 0.4 GB)
+
 
 class Scores(NamedTuple):
     """What an evaluation measures over a whole text."""
@@ -62,14 +65,21 @@ def _scores(model, tokens: np.ndarray, batch_size: int, byte_lengths: np.ndarray
     lengths = lengths.view(n_windows, context)
     total = torch.zeros((), device=device, dtype=torch.float64)
     of_text = torch.zeros((), device=device, dtype=torch.float64)  # the loss of targets that stand for bytes
+    # At most EVAL_TOKENS positions per forward, and the head's logits a slice of them at a time:
+    # 64 windows of an imported model's 2,048 positions would be 25 GB of logits.
+    batch_size = max(1, min(batch_size, EVAL_TOKENS // context))
     for first in range(0, n_windows, batch_size):
         x, y = inputs[first : first + batch_size], targets[first : first + batch_size]
         with autocast_for(device):
-            logits = model(x.to(device))
-        losses = F.cross_entropy(logits.float().flatten(0, 1), y.to(device).flatten(), ignore_index=-1, reduction="none")
-        losses = losses.double()  # summed in float64, so that both sums agree where every target has bytes
-        total += losses.sum()
-        of_text += losses[lengths[first : first + batch_size].flatten().to(device) > 0].sum()
+            features = model.features(x.to(device)).flatten(0, 1)
+        y, scored = y.to(device).flatten(), lengths[first : first + batch_size].flatten().to(device) > 0
+        for at in range(0, len(y), HEAD_SLICE):
+            with autocast_for(device):
+                logits = model.output(features[at : at + HEAD_SLICE])
+            losses = F.cross_entropy(logits.float(), y[at : at + HEAD_SLICE], ignore_index=-1, reduction="none")
+            losses = losses.double()  # summed in float64, so that both sums agree where every target has bytes
+            total += losses.sum()
+            of_text += losses[scored[at : at + HEAD_SLICE]].sum()
     count = scored_tokens(tokens)
     if byte_lengths is None:
         return Scores(total.item() / count, count, None, None)

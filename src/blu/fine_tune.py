@@ -10,7 +10,10 @@ config.json records where its weights came from:
 so that a run stopped before its first save, which starts from the parent's weights again,
 refuses a parent whose weights have changed since, rather than start from other ones.
 Model flags that would change a weight's shape are refused; the context may be lowered (it
-sets no weight's shape), never raised past what the parent was trained or published with."""
+sets no weight's shape), never raised past what the parent was trained or published with.
+Without --batch-size and --grad-accum, a step's sequences come in micro-batches (and, without
+--context, a context) that fit in memory (memory_fit.py): an imported 135M model's 2,048
+positions become 512, a micro-batch of 1 and 16 micro-steps."""
 
 from dataclasses import replace
 import hashlib
@@ -20,6 +23,7 @@ from .chat_kinds import grown_rows
 from .checkpoint import load_weights
 from .config import FINE_TUNE, Budget, ModelConfig, TrainConfig, with_overrides
 from .errors import BluError
+from .memory_fit import fit_fine_tune
 from .model import Transformer
 
 # The ModelConfig fields that set the shape of some weight: a fine-tune keeps the parent's.
@@ -45,6 +49,12 @@ def fine_tune_configs(parent: ModelConfig, overrides: dict, budget: Budget) -> t
     if context > parent.context:
         raise BluError(f"--context {context} is longer than the parent's {parent.context}: its model never saw "
                        "positions past that")
+    if "batch_size" not in overrides and "grad_accum" not in overrides:
+        # FINE_TUNE's sequences per step, in micro-batches (and a context) that fit in memory
+        optimizer = overrides.get("optimizer", FINE_TUNE.train.optimizer)
+        sequences = FINE_TUNE.train.batch_size * FINE_TUNE.train.grad_accum
+        context, micro, accum = fit_fine_tune(parent, optimizer, sequences, overrides.get("context"))
+        overrides = {**overrides, "context": context, "batch_size": micro, "grad_accum": accum}
     model = with_overrides(parent, {k: v for k, v in overrides.items() if k not in SHAPE_FIELDS})
     iters = budget.iters if budget.given else FINE_TUNE.default_iters
     train = replace(with_overrides(FINE_TUNE.train, overrides), iters=iters or 0, time_s=budget.time_s or 0.0)

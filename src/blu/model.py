@@ -134,6 +134,11 @@ class Transformer(nn.Module):
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         """Logits (B, T, vocab_size) for token ids (B, T), each position seeing those before it.
         Generation computes the same function token by token: decode.Decoder."""
+        return self.output(self.features(idx))
+
+    def features(self, idx: torch.Tensor) -> torch.Tensor:
+        """The normed last hidden states (B, T, dim) that the head turns into logits: evaluation
+        applies the head a slice at a time, since B x T x vocab logits can be gigabytes."""
         B, T = idx.shape
         if T > self.config.context:
             raise ValueError(f"{T} positions exceed the context of {self.config.context}")
@@ -141,7 +146,7 @@ class Transformer(nn.Module):
         x = self.tok_embeddings(idx)  # (B, T, dim)
         for layer in self.layers:
             x = layer(x, cos, sin)
-        return self.output(self.norm(x))
+        return self.norm(x)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -141,9 +141,8 @@ class Trainer:
             # DDP averages the gradients over the ranks at the last micro-step's backward only.
             last = micro == self.config.grad_accum - 1
             with nullcontext() if last or not self.world.distributed else forward.no_sync():
-                with autocast_for(self.device):
-                    logits = forward(x)
-                backward, loss = micro_loss(logits, y, scale, self.config.grad_accum)
+                with autocast_for(self.device):  # no name keeps the logits: freed before the backward
+                    backward, loss = micro_loss(forward(x), y, scale, self.config.grad_accum)
                 backward.backward()
             loss_sum += loss.detach()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
