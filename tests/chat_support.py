@@ -43,3 +43,54 @@ def tuned_chat_run(folder: Path, parent: Path, text: str, iters: int = 40) -> Pa
              str(iters), "--eval-every", str(iters // 2), "--lr", "3e-3", "--batch-size", "8"]):
         raise RuntimeError("blu train failed")
     return folder / "tuned"
+
+
+LETTERS = "abcdefghijklmnopqrstuvwxyz"
+NAMES = ["Arden", "Bevis", "Cato", "Dorcas", "Edric", "Fenna", "Galen", "Hesper", "Ivo", "Jessa", "Kester", "Lune",
+         "Milo", "Nerys", "Osric", "Perdita", "Quill", "Rowan", "Silas", "Tamsin", "Ulric", "Viola", "Wystan", "Xan"]
+COLOURS = ["red", "blue", "green", "gold", "white", "black"]
+PHRASES = ["What colour is {}'s cloak?", "Tell me the colour of {}'s cloak.", "{}'s cloak is which colour?",
+           "Which colour does {}'s cloak have?"]
+
+
+def chat(question: str, answer: str) -> dict:
+    return {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]}
+
+
+def reversal_chats(n_train: int, n_val: int, seed: int) -> tuple[list[dict], list[dict]]:
+    """Reversing a word of 3 or 4 random letters ("reverse kqz" -> "zqk"); the held-out words are
+    never trained on, and chance is nil (1 in 26^3 or more)."""
+    import random
+
+    rng, words = random.Random(seed), {}
+    while len(words) < n_train + n_val:
+        words["".join(rng.choice(LETTERS) for _ in range(rng.randint(3, 4)))] = None
+    chats = [chat(f"reverse {w}", w[::-1]) for w in words]
+    return chats[:n_train], chats[n_train:]
+
+
+def fact_chats() -> tuple[list[dict], list[dict]]:
+    """A fixed table (each name's cloak has a colour) asked in four phrasings: each name is held
+    out in one of them, so a held-out answer needs the fact, not the phrasing (chance: 1 in 6)."""
+    train, val = [], []
+    for i, name in enumerate(NAMES):
+        for j, phrase in enumerate(PHRASES):
+            (val if j == i % len(PHRASES) else train).append(chat(phrase.format(name), COLOURS[i * 7 % len(COLOURS)]))
+    return train, val
+
+
+def exact_match(run: Path, chats: list[dict]) -> float:
+    """The share of `chats` whose reference reply the run's greedy reply equals, through the
+    run's chat template as blu chat and blu serve apply it."""
+    import blu
+    from blu.chat_template import ChatFormat
+    from blu.samples import greedy_reply, reply_ends
+
+    model = blu.load(run)
+    format, ends = ChatFormat(model.tokenizer), reply_ends(model.tokenizer)
+    right = 0
+    for record in chats:
+        *question, reference = record["messages"]
+        ids = format.encode(format.prompt(question))
+        right += greedy_reply(model.model, model.tokenizer, ids, 32, ends).strip() == reference["content"]
+    return right / len(chats)

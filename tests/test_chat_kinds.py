@@ -197,7 +197,7 @@ def test_bad_template_settings_are_one_line_errors(runs, cli, tmp_path, small_co
     (tmp_path / "t.jinja").write_text(CHATML)
     code, _, err = cli("train", *tiny_flags, "--data", small_corpus, "--chat-template", tmp_path / "t.jinja",
                        "--out", tmp_path / "x", "--iters", "1")
-    assert code == 2 and "--chat-template is for fine-tuning on conversations" in err and len(err.splitlines()) == 1
+    assert code == 2 and "--chat-template is for training on conversations" in err and len(err.splitlines()) == 1
     lower = tmp_path / "lower.txt"
     lower.write_text("the cat sat on a mat and ran\n" * 300)
     assert cli("train", *tiny_flags, "--data", lower, "--out", tmp_path / "p", "--iters", "2")[0] == 0

@@ -57,7 +57,9 @@ def file_conversations(path, tokenizer, context: int) -> tuple[Conversations, in
     """Every conversation of a JSONL file (cut to context + 1 tokens), and how many had no reply left."""
     if not getattr(tokenizer, "chat_template", None):
         raise BluError(f"{path} holds conversations, and this run's tokenizer has no chat template to render them with")
-    rows, dropped = encode_conversations(ChatFormat(tokenizer), path, context, None)
+    encoded = encode_conversations(ChatFormat(tokenizer), path, context, None)
+    rows = [r for r in encoded if r is not None]
+    dropped = len(encoded) - len(rows)
     if not rows:
         raise BluError(f"{path} has no conversation with an assistant reply within a context of {context} tokens")
     return _pack(rows), dropped

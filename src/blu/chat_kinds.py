@@ -26,9 +26,10 @@ from pathlib import Path
 from tokenizers import Tokenizer as HFTokenizer
 import torch
 
-from .chat_template import ChatFormat, ChatTemplateError
+from .chat_template import ChatFormat, ChatTemplateError, compile_template
+from .data.chats import read_conversations, validation_choice
 from .errors import BluError
-from .tokenizers import ByteLevelTokenizer, Tokenizer
+from .tokenizers import ByteLevelTokenizer, Tokenizer, build_tokenizer
 from .tokenizers.pretrained import PretrainedTokenizer
 
 TEMPLATE_FILE = "chat_template.jinja"
@@ -70,6 +71,29 @@ def chat_tokenizer(parent: Tokenizer, template_path=None) -> Tokenizer:
     if parent.kind == "char":
         check_markers(chat, child)
     return child
+
+
+def scratch_tokenizer(text, seed: int, template_path=None) -> Tokenizer:
+    """The tokenizer of a run that learns to chat from scratch (`blu train --data chats.jsonl`,
+    no --init-from), of the kind --tokenizer names, built from the training conversations only
+    (those the seeded split keeps, as chat_train draws it; all of --data when --val-data holds
+    the held-out ones): a char vocabulary from the conversations as the template writes them
+    (its markers' characters included), a bpe from the messages' text (the ChatML markers are
+    added as tokens by chat_tokenizer, not learned as merges)."""
+    conversations = list(read_conversations(text.data, [] if text.skip_bad_files else None))
+    if text.val_data is None:
+        held = validation_choice(len(conversations), text.val_fraction, seed)
+        conversations = [c for c, h in zip(conversations, held) if not h]
+    kind = text.tokenizer_kind()
+    if kind != "char":
+        return build_tokenizer(kind, ("\n".join(m["content"] for m in c) for c in conversations), text.vocab_size)
+    template = compile_template(read_template(template_path) if template_path is not None else PLAIN)
+    try:
+        rendered = [template.render(messages=c, add_generation_prompt=False) for c in conversations]
+        rendered.append(template.render(messages=[], add_generation_prompt=True))
+    except Exception as error:  # the template's own failure, in one line as ChatFormat gives it
+        raise ChatTemplateError(f"the chat template failed: {' '.join(str(error).split())[:200]}") from None
+    return build_tokenizer("char", rendered)
 
 
 def with_chatml_tokens(tokenizer: ByteLevelTokenizer) -> ByteLevelTokenizer:

@@ -30,7 +30,7 @@ from .errors import BluError
 from .files import cache_dir
 
 IGNORE = -100  # a target the loss leaves out (F.cross_entropy's ignore_index)
-FORMAT = 1
+FORMAT = 2  # 2: the held-out conversations are drawn before those with no reply within the context are left out
 
 
 class Conversations(NamedTuple):
@@ -58,21 +58,19 @@ def _pack(rows) -> Conversations:
     return Conversations(ids, mask, starts)
 
 
-def encode_conversations(chat: ChatFormat, path, context: int, skipped: list[str] | None) -> tuple[list, int]:
-    """(ids, mask) of each conversation of `path`, cut to context + 1 tokens, and how many were
-    left out for holding no assistant token within that."""
-    rows, dropped = [], 0
+def encode_conversations(chat: ChatFormat, path, context: int, skipped: list[str] | None) -> list:
+    """(ids, mask) of each conversation of `path`, cut to context + 1 tokens; None for one that
+    holds no assistant token within that (left out, after the split, so that the split of a file
+    does not depend on the context)."""
+    rows = []
     for number, messages in enumerate(read_conversations(path, skipped), start=1):
         try:
             ids, mask = conversation_tokens(chat, messages)
         except ChatTemplateError as error:
             raise BluError(f"{path}: conversation {number}: {error}") from None
         ids, mask = ids[: context + 1], mask[: context + 1]
-        if not any(mask[1:]):
-            dropped += 1
-            continue
-        rows.append((ids, mask))
-    return rows, dropped
+        rows.append((ids, mask) if any(mask[1:]) else None)
+    return rows
 
 
 def run_conversations(tokenizer, data, val_data, fraction: float, seed: int, context: int, skip_bad: bool, log):
@@ -98,13 +96,14 @@ def chat_data(chat: ChatFormat, tokenizer_json: str, data, val_data, fraction: f
         info = json.loads(str(saved["info"]))
     else:
         skipped = [] if skip_bad else None
-        rows, dropped = encode_conversations(chat, files[0], context, skipped)
+        rows = encode_conversations(chat, files[0], context, skipped)
         if val_data:
-            val_rows, val_dropped = encode_conversations(chat, files[1], context, skipped)
-            train_rows, dropped = rows, dropped + val_dropped
+            train_rows, val_rows = rows, encode_conversations(chat, files[1], context, skipped)
         else:
             held = validation_choice(len(rows), fraction, seed)
             train_rows, val_rows = [r for r, h in zip(rows, held) if not h], [r for r, h in zip(rows, held) if h]
+        dropped = sum(r is None for r in train_rows + val_rows)
+        train_rows, val_rows = [r for r in train_rows if r is not None], [r for r in val_rows if r is not None]
         if not train_rows or not val_rows:
             raise BluError(f"{files[-1] if not val_rows else files[0]} has no conversation with an assistant reply "
                            f"within a context of {context} tokens")

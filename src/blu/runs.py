@@ -26,7 +26,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from .chat_kinds import TEMPLATE_FILE, chat_tokenizer
+from .chat_kinds import TEMPLATE_FILE, chat_tokenizer, scratch_tokenizer
 from .chat_train import run_conversations
 from .checkpoint import clear_run, load_weights
 from .config import PRESETS, Budget, ModelConfig, TextSettings, TrainConfig, configs_for, from_dict, to_dict
@@ -108,10 +108,8 @@ def create_run(out=None, text: TextSettings | None = None, preset: str | None = 
         model_config, train_config = fine_tune_configs(parent, overrides, budget)
         text = replace(text, tokenizer_from=str(init_from))  # the parent's tokenizer, as --tokenizer-from reads it
     chat = text.data is not None and is_conversation_file(text.data)  # fine-tuning on conversations (chat_train.py)
-    if chat and parent is None:
-        raise BluError(f"{text.data} holds conversations: fine-tune a trained run on it (--init-from RUN)")
     if chat_template is not None and not chat:
-        raise BluError("--chat-template is for fine-tuning on conversations (--init-from RUN --data chats.jsonl)")
+        raise BluError("--chat-template is for training on conversations (--data chats.jsonl)")
     corpus = None if chat else open_corpus(text, seed)
     folder = Path(out) if out else default_folder(text)
     if holds_run(folder) and not force:
@@ -125,8 +123,12 @@ def create_run(out=None, text: TextSettings | None = None, preset: str | None = 
         raise BluError(f"preset must be one of {', '.join(sorted(PRESETS))}, got {preset!r}")
     if chat:
         text.validate()
-        tokens_of = chat_tokenizer(read_tokenizer(init_from), chat_template)
-        model_config = replace(model_config, vocab_size=tokens_of.vocab_size)  # the ChatML tokens' rows, if gained
+        base = read_tokenizer(text.tokenizer_from) if text.tokenizer_from else scratch_tokenizer(text, seed, chat_template)
+        tokens_of = chat_tokenizer(base, chat_template)
+        if parent is None:  # a model that learns to chat from scratch
+            model_config, train_config = configs_for(preset, overrides, tokens_of.vocab_size, budget)
+        else:
+            model_config = replace(model_config, vocab_size=tokens_of.vocab_size)  # the ChatML tokens' rows, if gained
         train, val, record = run_conversations(tokens_of, text.data, text.val_data, text.val_fraction, seed,
                                                model_config.context, text.skip_bad_files, log)
     else:

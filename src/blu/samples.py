@@ -53,15 +53,17 @@ def first_reply(conversations, index: int) -> tuple[list[int], list[int]]:
     return ids[:first].tolist(), ids[first:end].tolist()  # (a conversation's mask never holds its first id)
 
 
-def end_ids(tokenizer) -> list[int]:
-    """Where a reply ends: the template's end-of-turn token and the tokenizer's own stops."""
-    end = ChatFormat(tokenizer).end_of_turn
-    return sorted(set(tokenizer.stop_ids) | ({end} if end is not None else set()))
+def reply_ends(tokenizer) -> tuple[list[int], list[str]]:
+    """Where a reply ends: the template's end-of-turn token and the tokenizer's own stops, or,
+    for a template that ends a turn with text (a char run's blank line), that text."""
+    chat = ChatFormat(tokenizer)
+    ids = set(tokenizer.stop_ids) | ({chat.end_of_turn} if chat.end_of_turn is not None else set())
+    return sorted(ids), [chat.end_text] if chat.end_of_turn is None and chat.end_text else []
 
 
-def greedy_reply(model, tokenizer, prompt_ids: list[int], max_tokens: int, stops: list[int]) -> str:
-    """The model's greedy reply to `prompt_ids`, up to an id of `stops` or `max_tokens` tokens."""
-    stream = TextStream(tokenizer, (), max_tokens, stops)
+def greedy_reply(model, tokenizer, prompt_ids: list[int], max_tokens: int, ends: tuple[list[int], list[str]]) -> str:
+    """The model's greedy reply to `prompt_ids`, up to an end of `ends` (ids, strings) or `max_tokens` tokens."""
+    stream = TextStream(tokenizer, ends[1], max_tokens, ends[0])
     text = ""
     tokens = stream_tokens(model, prompt_ids, max_tokens, SamplingOptions(temperature=0.0), banned=tokenizer.unk_id)
     for token in tokens:
@@ -79,14 +81,15 @@ def one_line(text: str) -> str:
 
 def chat_samples(model, tokenizer, conversations, seed: int, max_chars: int) -> str:
     """The greedy answers to the sampled held-out conversations, each beside its reference."""
-    stops = end_ids(tokenizer)
+    ends = reply_ends(tokenizer)
     parts = []
     for index in sampled_conversations(len(conversations), seed):
         prompt, reference = first_reply(conversations, index)
         shown = tokenizer.decode(prompt)
         shown = shown if len(shown) <= PROMPT_SHOWN else "..." + shown[-PROMPT_SHOWN:]
-        answer = greedy_reply(model, tokenizer, prompt or tokenizer.start_ids(), min(max_chars, 2 * len(reference) + 16), stops)
-        wanted = tokenizer.decode([i for i in reference if i not in stops])
+        answer = greedy_reply(model, tokenizer, prompt or tokenizer.start_ids(), min(max_chars, 2 * len(reference) + 16), ends)
+        wanted = tokenizer.decode([i for i in reference if i not in ends[0]])
+        wanted = wanted.removesuffix(ends[1][0]) if ends[1] else wanted
         parts.append(f"## held-out conversation {index + 1} of {len(conversations)}\n{shown.rstrip()}\n"
                      f"  reference: {one_line(wanted)}\n  model:     {one_line(answer)}")
     return "\n".join(parts)

@@ -73,7 +73,7 @@ def cmd_train(args) -> int:
     elif world.main:
         per_char = f" nats/char ({state.best_val_loss / math.log(2):.3f} bits)" if run.tokenizer.kind == "char" else " nats/token"
         say(f"best val_loss {state.best_val_loss:.4f}{per_char} after {state.step} steps, {state.elapsed_s:.0f} s; "
-            f"try: blu generate --run {run.folder}")
+            f"try: blu {'chat' if run.chats else 'generate'} --run {run.folder}")
     return 130 if interrupted else 0
 
 
