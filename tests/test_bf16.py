@@ -83,9 +83,10 @@ def bf16(monkeypatch):
 
 
 def forward_dtypes(model) -> list:
-    """The dtype of each forward's output, (training?, dtype), recorded from now on."""
+    """The dtype of the logits of each forward, (training?, dtype), recorded from now on: at the
+    head, which training's forward and evaluation's sliced one (features, then the head) both call."""
     seen = []
-    model.register_forward_hook(lambda module, inputs, output: seen.append((module.training, output.dtype)))
+    model.output.register_forward_hook(lambda module, inputs, output: seen.append((module.training, output.dtype)))
     return seen
 
 
