@@ -11,7 +11,7 @@ import sys
 from ..config import Budget, ModelConfig, SamplingOptions, TextSettings, TrainConfig, knobs, with_overrides
 from ..errors import BluError, ReportedByRankZero
 from ..version import __version__
-from .chat import cmd_chat, eval_conversations
+from .chat import cmd_chat, eval_conversations, prompt_line
 from .parser import build_parser
 
 SEED_PROMPTS = ("ROMEO: ", "HAMLET: To be, or not to be,", "Once upon a time", "The king")
@@ -137,13 +137,9 @@ def warn_unknown(run, prompt: str) -> None:
 
 def interactive(run, controls) -> int:
     """One continuation per line of input until end of input; Ctrl-C ends the current continuation only."""
-    tty = sys.stdin.isatty()
     while True:
         try:
-            if tty:
-                sys.stderr.write("> ")
-                sys.stderr.flush()
-            line = sys.stdin.readline()
+            line = prompt_line()
         except KeyboardInterrupt:  # at the prompt: a fresh prompt, as in a shell
             sys.stderr.write("\n")
             continue

@@ -18,6 +18,14 @@ from ..device import device_of
 from ..errors import BluError
 
 
+def prompt_line() -> str:
+    """One line of input, after a "> " prompt on a terminal ("" at the end of input)."""
+    if sys.stdin.isatty():
+        sys.stderr.write("> ")
+        sys.stderr.flush()
+    return sys.stdin.readline()
+
+
 def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -40,13 +48,9 @@ def cmd_chat(args) -> int:
         say(f"blu: {args.run} has no chat template: replies continue a plain transcript ('role: content' lines), "
             "as blu serve's do")
     messages = [("system", args.system)] if args.system else []
-    tty = sys.stdin.isatty()
     while True:
         try:
-            if tty:
-                sys.stderr.write("> ")
-                sys.stderr.flush()
-            line = sys.stdin.readline()
+            line = prompt_line()
         except KeyboardInterrupt:
             sys.stderr.write("\n")
             return 0
