@@ -2,6 +2,8 @@
 the context, sampling, the token-to-text stream (stop strings, end of text, the token limit)
 and the text API."""
 
+import copy
+
 import pytest
 import torch
 from torch.overrides import TorchFunctionMode
@@ -212,6 +214,25 @@ def test_same_seed_same_text_and_unknown_prompt_characters(model):
     assert a == b and len(a) == 50
     assert run.unknown_chars("abc\u2603") == ["\u2603"]
     assert "".join(run.generate("", 10, temperature=0)) == "".join(run.generate("", 10, temperature=0))
+
+
+def test_a_generator_folds_the_weights_again_only_when_they_change(model):
+    """TextGenerator keeps its Decoder between calls (each `blu chat` reply would fold a large
+    model's weights again), and never answers from weights that changed since: an in-place
+    update (an optimizer step) or new tensors (a load) give a new Decoder and the new text."""
+    model = copy.deepcopy(model)  # the module's model stays as it is
+    run = TextGenerator(model, LETTERS)
+    first = run.decoder()
+    before = "".join(run.generate("abc", 30, temperature=0))
+    assert run.decoder() is first
+    with torch.no_grad():
+        model.output.weight.mul_(-1)  # in place: the greedy text changes
+    after = "".join(run.generate("abc", 30, temperature=0))
+    assert run.decoder() is not first and after != before
+    assert after == "".join(TextGenerator(model, LETTERS).generate("abc", 30, temperature=0))
+    second = run.decoder()
+    model.output.weight = torch.nn.Parameter(-model.output.weight.detach())  # a new tensor: back to the first weights
+    assert run.decoder() is not second and "".join(run.generate("abc", 30, temperature=0)) == before
 
 
 @pytest.mark.parametrize("options", [dict(temperature=-1), dict(top_p=0), dict(top_p=1.5), dict(top_k=-2),

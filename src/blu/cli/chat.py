@@ -70,7 +70,7 @@ def cmd_chat(args) -> int:
                             template.stop_ids)
         reply = ""
         try:
-            for token in stream_tokens(run.model, ids, args.max_new_tokens, options, generator, tokenizer.unk_id):
+            for token in stream_tokens(run.decoder(), ids, args.max_new_tokens, options, generator, tokenizer.unk_id):
                 piece = stream.feed(token)
                 sys.stdout.write(piece)
                 sys.stdout.flush()
