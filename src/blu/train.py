@@ -79,8 +79,7 @@ class Trainer:
         self.state = TrainState(processes=world.size)
         self.stop = StopRequest(self.announce_stop, can_skip=not world.distributed)
         self.started = time.perf_counter()  # see start_clock
-        self.lr = 0.0
-        self.eval_s: float | None = None  # how long the last evaluation took
+        self.lr, self.eval_s = 0.0, None  # eval_s: how long the last evaluation took
 
     def restore(self) -> bool:
         """Go on from the state saved in last/, if a previous start saved one (True then)."""
@@ -136,7 +135,8 @@ class Trainer:
         micro_batches = [[t.to(self.device, non_blocking=True) for t in self.batches.next()]
                          for _ in range(self.config.grad_accum)]
         # Conversations: the mean over the assistant targets of the whole global batch, not of each row's.
-        scale = (self.world.size / target_count(micro_batches, self.world)).float() if self.run.chats else None
+        targets = target_count(micro_batches, self.world) if self.run.chats else None
+        scale = None if targets is None else (self.world.size / targets).float()
         for micro, (x, y) in enumerate(micro_batches):
             # DDP averages the gradients over the ranks at the last micro-step's backward only.
             last = micro == self.config.grad_accum - 1
@@ -153,7 +153,9 @@ class Trainer:
         if agreed.finite:
             self.optimizer.step()
             self.state.step += 1
-            self.state.tokens += self.config.batch_size * self.world.size * self.config.grad_accum * self.run.model_config.context
+            # a conversation run counts the tokens it learns from (its rows are as long as their conversations)
+            self.state.tokens += int(targets) if targets is not None else self.config.batch_size * self.world.size * \
+                self.config.grad_accum * self.run.model_config.context
         self.optimizer.zero_grad(set_to_none=True)
         return agreed
 
@@ -250,8 +252,7 @@ def train(run: Run, device: torch.device, log=None, world: World | None = None) 
         forward = compile_for_training(trainer.model, (config.batch_size, run.model_config.context), device, log)
     forward = world.wrap(forward, device)
     trainer.start_clock()
-    last_log = (time.perf_counter(), state.tokens)
-    faults_in_a_row = 0
+    last_log, faults_in_a_row = (time.perf_counter(), state.tokens), 0
     agreed_stop = False  # under torchrun: some rank was asked to stop, as the ranks agreed at the last step
 
     def stopping() -> bool:  # one process stops before its next step; several after the step that agreed on it
