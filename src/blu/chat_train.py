@@ -4,10 +4,9 @@ tokens of the whole global batch; the validation loss on the held-out conversati
 
 A row holds one conversation, right-padded to the longest of its batch: the model is causal,
 so a conversation never attends to another one or to the padding after it. (Packing several
-into a row would need a block-diagonal attention mask; it is not done, so no claim is made
-about which is faster.) A conversation longer than context + 1 tokens is cut there: the model
-learns the replies within its context, and one with no assistant token left is left out and
-counted. The cache, under $BLU_CACHE/chats/<key>.npz, is keyed by the files' SHA-256, the
+into a row, under the block-diagonal mask that needs, measured slower: benchmarks/chat_task.py.)
+A conversation longer than context + 1 tokens is cut there: the model learns the replies within
+its context, and one with no assistant token left is left out and counted. The cache, under $BLU_CACHE/chats/<key>.npz, is keyed by the files' SHA-256, the
 tokenizer and template, the context and the split."""
 
 import hashlib
