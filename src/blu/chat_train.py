@@ -6,8 +6,9 @@ A row holds one conversation, right-padded to the longest of its batch: the mode
 so a conversation never attends to another one or to the padding after it. (Packing several
 into a row, under the block-diagonal mask that needs, measured slower: benchmarks/chat_task.py.)
 A conversation longer than context + 1 tokens is cut there: the model learns the replies within
-its context, and one with no assistant token left is left out and counted. The cache, under $BLU_CACHE/chats/<key>.npz, is keyed by the files' SHA-256, the
-tokenizer and template, the context and the split."""
+its context, and one with no assistant token left is left out and counted. The cache, under
+$BLU_CACHE/chats/<key>.npz, is keyed by the files' SHA-256, the tokenizer and template, the
+context and the split."""
 
 import hashlib
 import json
