@@ -11,6 +11,7 @@ from torch.overrides import TorchFunctionMode
 from blu.config import SamplingOptions
 from blu.decode import DecodeBatch, Decoder, KVCache
 from blu.errors import BluError
+from blu.fold import column_blocks, product
 from blu.generate import TextGenerator, stream_tokens
 from blu.model import RMSNorm, Transformer
 from blu.sampling import sample
@@ -56,6 +57,54 @@ def test_cached_decoding_equals_the_model_at_every_position(tiny, first_layer_ta
         with pytest.raises(ValueError, match="exceeds the context"):
             decoder.prefill(torch.zeros(1, 33, dtype=torch.long), cache)
     assert (torch.stack(stepwise, dim=1) - full[:, 2:]).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+def test_column_blocks_compute_the_product(rows):
+    """The layout that shares one row's product over the threads gives x @ w (and add + x @ w)
+    for one row and for several, for wide and narrow outputs, and leaves small matrices alone."""
+    torch.manual_seed(0)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for shape in [(128, 4096), (1024, 256)]:
+            w = torch.randn(shape)
+            blocked = column_blocks(w)
+            assert blocked.dim() == 3 and blocked.shape[0] == (2 if shape[1] >= 2048 else shape[1] // 32)
+            x, add = torch.randn(rows, shape[0]), torch.randn(rows, shape[1])
+            assert torch.allclose(product(x, blocked), x @ w, atol=1e-4)
+            assert torch.allclose(product(x, blocked, add=add), add + x @ w, atol=1e-4)
+        assert column_blocks(torch.randn(64, 96)).dim() == 2
+        torch.set_num_threads(1)
+        assert column_blocks(torch.randn(128, 4096)).dim() == 2  # one thread: one mm reads it as fast
+    finally:
+        torch.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("batch_size", [2, 1])
+def test_decoding_with_column_blocks_equals_the_model(tiny, batch_size):
+    """A model whose feed-forward matrices are large enough to be split in column blocks (wide
+    gate|up, narrow down) decodes what the model computes, at one position for all rows and with
+    rows at their own positions."""
+    torch.manual_seed(0)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        model = trained_looking(Transformer(tiny(dim=256, hidden_dim=1024, n_kv_head=2)).eval())
+        decoder = Decoder(model)
+    finally:
+        torch.set_num_threads(previous)
+    assert [w.dim() for w in decoder.weights.layers[0]] == [2, 2, 3, 3]
+    x = torch.randint(1, 67, (batch_size, 32))
+    with torch.no_grad():
+        full = model(x)
+        cache = KVCache(model.config, batch_size, "cpu", torch.float32)
+        stepwise = [decoder.prefill(x[:, :3], cache)] + [decoder.step(x[:, t], cache) for t in range(3, 20)]
+        if batch_size == 2:  # the second row one position behind: the path of rows at their own positions
+            decoder.prefill(x[1:, :19], cache, first_row=1)
+            mixed = decoder.step(torch.stack((x[0, 20], x[1, 19])), cache)
+            assert (mixed - torch.stack((model(x[:1, :21])[0, -1], full[1, 19]))).abs().max().item() < 1e-4
+    assert (torch.stack(stepwise, dim=1) - full[:, 2:20]).abs().max().item() < 1e-4
 
 
 def reference_windows(model, rows: list[list[int]], prompt_lengths: list[int]) -> torch.Tensor:

@@ -2,20 +2,11 @@
 incrementally in fewer tensor operations, checked against model.py by the tests.
 
 Token-by-token generation on a CPU is bound by the fixed cost of each tensor
-operation, not by arithmetic (BENCHMARKS.md), so `Decoder` computes the model's
-function with as few operations as it can. Each trick is a named piece below:
-
-- `fold_weights`: each RMSNorm gain is folded into the matrix after it and the
-  attention scale into the query rows, so a norm is three operations and no
-  multiplication by a gain; the residual adds ride on the products (`addmm`).
-- `rotary_pair_order` and `rotary_turns`: the rotary embedding is one complex
-  product. The query and key rows of each head are reordered so that the pair it
-  turns together, (i, i + head_dim/2) in Hugging Face's layout, is the real and
-  imaginary part of one complex number; values are "turned" by 1, so keys and
-  values pass through one product whose output is the cache itself.
-- `first_layer_table`: the first layer's queries, keys and values depend on the
-  token alone, so they are looked up by token id (when that table is no larger
-  than the matrix it replaces).
+operation for small models and by reading the weights for large ones
+(BENCHMARKS.md), so `Decoder` computes the model's function with as few
+operations as it can, on weights folded and laid out for it (`fold.py`: the
+norm gains and the attention scale folded in, the rotary embedding as one
+complex product, the first layer as a table, large matrices in column blocks).
 
 Rows of one batch may stand at different positions (a server's requests come
 and go): `Decoder.prefill` fills some rows from position 0 while the others keep
@@ -23,88 +14,18 @@ their cache, and `Decoder.step` adds one token to every row at its own position.
 When every row is at the same position (`blu generate`) the step takes a path
 with no mask and no gathers.
 
-The keys in the cache are in this module's row order (attention does not care,
-since queries share it): fill a cache with a `Decoder` only. The folded weights
-are a snapshot of the model's: build a `Decoder` per use of changing weights.
+The keys in the cache are in `fold.rotary_pair_order`'s row order (attention does
+not care, since queries share it): fill a cache with a `Decoder` only. The folded
+weights are a snapshot of the model's: build a `Decoder` per use of changing weights.
 """
 
 from itertools import groupby
-import math
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
 from .config import ModelConfig
-from .model import rope_angles
-
-
-class FoldedLayer(NamedTuple):
-    """One block's matrices, (in, out) and contiguous, for `x @ w` by mm and addmm (F.linear in fewer
-    calls); so stored, a row's product reads memory in order (1.4x at batch 1 for 135M, BENCHMARKS.md)."""
-
-    qkv: torch.Tensor  # attention norm gain folded in, queries scaled by 1/sqrt(head_dim), rows in rotary-pair order
-    o: torch.Tensor
-    gate_up: torch.Tensor  # feed-forward norm gain folded in
-    down: torch.Tensor
-
-
-class FoldedWeights(NamedTuple):
-    embedding: torch.Tensor  # (vocab, dim)
-    layers: list[FoldedLayer]
-    head: torch.Tensor  # (dim, vocab), the final norm gain folded in
-    first_qkv: torch.Tensor | None  # (vocab, q|k|v): the first layer's projections of each token, or None
-
-
-def rms_normalize(x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-    """RMSNorm without a gain, for rows x (N, dim), in three operations: x . x / dim + eps
-    in one product (F.rms_norm takes several more, each with its fixed cost). `eps` is a
-    (1, 1, 1) tensor so that it rides on the product too."""
-    # one row: x @ x.T is its (1, 1) mean square, cheaper than a batched product (batch-1 generation 5%
-    # faster with it: 1,752 against 1,673 tokens/s, benchmarks/decode_paths.py, best rounds, 2026-11-30)
-    if x.shape[0] == 1:
-        return x * torch.addmm(eps.view(1, 1), x, x.t(), alpha=1 / x.shape[-1]).rsqrt_()
-    mean_square = torch.baddbmm(eps, x[:, None], x[:, :, None], alpha=1 / x.shape[-1])  # (N, 1, 1)
-    return x * mean_square.view(-1, 1).rsqrt_()
-
-
-def rotary_pair_order(config: ModelConfig) -> torch.Tensor:
-    """Row indices of q|k|v that put the two halves of each rotated pair side by side
-    (0, h, 1, h+1, ... within each query and key head); value rows keep their order."""
-    half, rotated = config.head_dim // 2, config.n_head + config.n_kv_head
-    pairs = torch.stack((torch.arange(half), torch.arange(half, config.head_dim)), dim=1).flatten()
-    values = torch.arange(rotated * config.head_dim, (rotated + config.n_kv_head) * config.head_dim)
-    return torch.cat([pairs + h * config.head_dim for h in range(rotated)] + [values])
-
-
-def rotary_turns(config: ModelConfig) -> torch.Tensor:
-    """e^(i angle) for each position and pair, (context, head_dim/2) complex: multiplying a
-    pair written as a complex number by it is the rotary embedding."""
-    angles = rope_angles(config)
-    return torch.polar(torch.ones_like(angles), angles)
-
-
-@torch.no_grad()
-def fold_weights(model, first_layer_table: bool | None = None) -> FoldedWeights:
-    """The model's weights with the norm gains and the attention scale folded in (see the
-    module docstring). `first_layer_table`: None = where the table is no larger than the
-    first layer's q|k|v matrix (vocabulary <= dim)."""
-    c = model.config
-    order = rotary_pair_order(c).to(model.tok_embeddings.weight.device)
-    layers = []
-    for block in model.layers:
-        qkv = block.attention.qkv_proj.weight * block.attention_norm.weight
-        qkv[: c.n_head * c.head_dim] /= math.sqrt(c.head_dim)
-        gate_up = block.feed_forward.gate_up_proj.weight * block.ffn_norm.weight
-        layers.append(FoldedLayer(*(m.t().contiguous() for m in (qkv[order], block.attention.o_proj.weight, gate_up,
-                                                                  block.feed_forward.down_proj.weight))))
-    embedding = model.tok_embeddings.weight
-    first_qkv = None
-    # The table pays: 1,752 against 1,517 tokens/s at batch 1 without it (benchmarks/decode_paths.py, best rounds).
-    if first_layer_table or (first_layer_table is None and c.vocab_size <= c.dim):
-        eps = embedding.new_full((1, 1, 1), c.norm_eps)
-        first_qkv = torch.mm(rms_normalize(embedding, eps), layers[0].qkv)
-    return FoldedWeights(embedding, layers, (model.output.weight * model.norm.weight).t().contiguous(), first_qkv)
+from .fold import fold_weights, product, rms_normalize, rotary_turns
 
 
 class KVCache:
@@ -215,7 +136,7 @@ class Decoder:
             if layer == 0 and w.first_qkv is not None:
                 qkv = w.first_qkv[ids]
             else:
-                qkv = torch.mm(rms_normalize(x, self.eps), weights.qkv)
+                qkv = product(rms_normalize(x, self.eps), weights.qkv)
             qkv = qkv.view(B, T, -1, c.head_dim // 2, 2).transpose(1, 2)
             qkv = torch.view_as_complex(qkv)  # (B, heads, T, head_dim / 2)
             if isinstance(positions, int):
@@ -229,10 +150,10 @@ class Decoder:
                 q = torch.view_as_real(qkv[:, : c.n_head] * turn_q).view(B, c.n_head, 1, c.head_dim)
                 y = F.scaled_dot_product_attention(q, k.narrow(2, 0, attend), v.narrow(2, 0, attend),
                                                    attn_mask=mask, scale=1.0, enable_gqa=self.gqa)
-            x = torch.addmm(x, y.transpose(1, 2).reshape(B * T, -1), weights.o)  # y: (B, n_head, T, head_dim)
-            gate, up = torch.mm(rms_normalize(x, self.eps), weights.gate_up).chunk(2, dim=-1)
-            x = torch.addmm(x, F.silu(gate) * up, weights.down)
-        return torch.mm(rms_normalize(x.view(B, T, -1)[:, -1], self.eps), w.head)
+            x = product(y.transpose(1, 2).reshape(B * T, -1), weights.o, add=x)  # y: (B, n_head, T, head_dim)
+            gate, up = product(rms_normalize(x, self.eps), weights.gate_up).chunk(2, dim=-1)
+            x = product(F.silu(gate) * up, weights.down, add=x)
+        return product(rms_normalize(x.view(B, T, -1)[:, -1], self.eps), w.head)
 
 
 class DecodeBatch:
