@@ -14,7 +14,7 @@ from blu.errors import BluError
 from blu.fold import column_blocks, product
 from blu.generate import TextGenerator, stream_tokens
 from blu.model import RMSNorm, Transformer
-from blu.sampling import sample
+from blu.sampling import draw, nucleus_candidates, sample
 from blu.text_stream import StopStrings, TextStream
 from blu.tokenizers import CharTokenizer
 from blu.tokenizers.bytelevel import byte_tokenizer
@@ -241,6 +241,35 @@ def test_top_p_keeps_the_smallest_set_reaching_p():
     g = torch.Generator().manual_seed(0)
     drawn = {int(sample(logits, SamplingOptions(1.0, top_p=0.8), g)) for _ in range(300)}
     assert drawn == {0, 1}
+
+
+@pytest.mark.parametrize("spreads", [[4.0], [3.0], [1.0], [4.0, 3.0], [4.0, 3.0, 0.01]])
+def test_the_top_p_set_from_the_largest_candidates_is_the_sorted_one(spreads):
+    """nucleus_candidates tries the top 256, then 4,096, before sorting the vocabulary: each row's
+    kept set is the one a full sort gives, whichever stage holds it (spreads 4, 3 and 1 keep 67,
+    888 and 12,252 of 20,000 tokens at top-p 0.9), alone and in batches of rows needing each."""
+    torch.manual_seed(0)
+    probs = torch.softmax(torch.randn(len(spreads), 20_000) * torch.tensor(spreads)[:, None], dim=-1)
+    values, ids, cumulative, total = nucleus_candidates(probs, 0.9)
+    ordered, order = probs.sort(dim=-1, descending=True)
+    expected_kept = (ordered.cumsum(-1) - ordered < 0.9 * ordered.sum(-1, keepdim=True)).sum(-1)
+    kept = (cumulative - values < 0.9 * total).sum(-1)
+    assert kept.tolist() == expected_kept.tolist()
+    assert values.shape[1] == {4.0: 256, 3.0: 4096}.get(min(spreads), 20_000)
+    for row in range(len(spreads)):
+        n = int(kept[row])
+        assert set(ids[row, :n].tolist()) == set(order[row, :n].tolist())
+
+
+def test_the_draw_never_picks_a_zero_weight():
+    """Zero weights before, between and after the positive ones are never drawn, even by the
+    largest uniform numbers (u * total rounding up to the total), one generator or one per row."""
+    weights = torch.tensor([[0.0, 1e-3, 0.0, 2.0, 0.0, 0.0]]).expand(50_000, -1)
+    for generator in (torch.Generator().manual_seed(0), [torch.Generator().manual_seed(i) for i in range(50_000)]):
+        drawn = torch.bincount(draw(weights, generator), minlength=6)
+        assert drawn[[0, 2, 4, 5]].sum() == 0 and drawn[1] > 0
+    ones = torch.tensor([[0.0, 3.0, 0.0]])
+    assert draw(ones, torch.Generator().manual_seed(0)).item() == 1
 
 
 @pytest.mark.parametrize("top_p, expected", [(1.0, [0.5, 0.3, 0.15, 0.05]), (0.8, [0.625, 0.375, 0, 0])])
