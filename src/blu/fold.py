@@ -46,7 +46,7 @@ class FoldedWeights(NamedTuple):
 def column_blocks(matrix: torch.Tensor) -> torch.Tensor:
     """An (in, out) matrix as (blocks, in, out / blocks) contiguous column blocks where that reads it
     faster at batch 1, else as it is. torch's one-row mm runs on one core at 11 to 24 GB/s by shape;
-    bmm shares its batch over the threads: 28 against 17 GB/s over 135M's matrices on 2 cores
+    bmm shares its batch over the threads: 26 against 17 GB/s over 135M's matrices on 2 cores
     (benchmarks/matvec_bandwidth.py). Wide outputs split one block per thread, narrow ones in
     blocks 32 columns wide (measured best); small matrices are bound by each call's cost: kept."""
     rows, cols = matrix.shape
