@@ -15,7 +15,7 @@ in all), random. Rows, each the best of `--rounds` passes over the weights, in G
   GIL in its products);
 - blu's decoder's way since it measured fastest (`fold.column_blocks`, `fold.product`):
   large matrices in contiguous column blocks, one batched product each, which torch
-  shares over its threads.
+  shares over its threads, by shape and over all of them.
 """
 
 import argparse
@@ -97,6 +97,8 @@ def main():
             mine = [w for n, w in weights if n == name]
             nbytes = sum(w.numel() * 4 for w in mine)
             record(f"mm, {name} {tuple(mine[0].shape)}", threads, best_seconds(products(mine), args.rounds), nbytes)
+            record(f"column blocks (blu), {name} {tuple(column_blocks(mine[0]).shape)}", threads,
+                   best_seconds(blocked_products(mine), args.rounds), nbytes)
         record("mm, every matrix", threads, best_seconds(products([w for _, w in weights]), args.rounds), total)
         record("column blocks (blu), every matrix", threads,
                best_seconds(blocked_products([w for _, w in weights]), args.rounds), total)

@@ -76,19 +76,20 @@ def test_column_blocks_compute_the_product(rows):
             assert torch.allclose(product(x, blocked, add=add), add + x @ w, atol=1e-4)
         assert column_blocks(torch.randn(64, 96)).dim() == 2
         torch.set_num_threads(1)
-        assert column_blocks(torch.randn(128, 4096)).dim() == 2  # one thread: one mm reads it as fast
+        assert column_blocks(torch.randn(128, 4096)).dim() == 2  # one thread: one mm reads the head as fast
+        assert column_blocks(torch.randn(256, 2048)).shape == (64, 256, 32)  # but not gate|up's width
     finally:
         torch.set_num_threads(previous)
 
 
-@pytest.mark.parametrize("batch_size", [2, 1])
-def test_decoding_with_column_blocks_equals_the_model(tiny, batch_size):
+@pytest.mark.parametrize("batch_size,threads", [(2, 2), (1, 2), (1, 1)])
+def test_decoding_with_column_blocks_equals_the_model(tiny, batch_size, threads):
     """A model whose feed-forward matrices are large enough to be split in column blocks (wide
-    gate|up, narrow down) decodes what the model computes, at one position for all rows and with
-    rows at their own positions."""
+    gate|up, narrow down; with one thread both 32 columns wide) decodes what the model computes,
+    at one position for all rows and with rows at their own positions."""
     torch.manual_seed(0)
     previous = torch.get_num_threads()
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
     try:
         model = trained_looking(Transformer(tiny(dim=256, hidden_dim=1024, n_kv_head=2)).eval())
         decoder = Decoder(model)

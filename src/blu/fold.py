@@ -13,7 +13,8 @@ and the fastest reads at batch 1 (`decode.py` runs them). Each trick is a named 
   token alone, so they are looked up by token id (when that table is no larger
   than the matrix it replaces).
 - `column_blocks`: a large matrix is split in column blocks that a batched product
-  shares over the threads (one row's product by one matrix runs on one core).
+  shares over the threads (one row's product by one matrix runs on one core) and
+  that one core also reads faster than one product when they are 32 columns wide.
 """
 
 import math
@@ -46,13 +47,15 @@ class FoldedWeights(NamedTuple):
 def column_blocks(matrix: torch.Tensor) -> torch.Tensor:
     """An (in, out) matrix as (blocks, in, out / blocks) contiguous column blocks where that reads it
     faster at batch 1, else as it is. torch's one-row mm runs on one core at 11 to 24 GB/s by shape;
-    bmm shares its batch over the threads: 26 against 17 GB/s over 135M's matrices on 2 cores
+    bmm shares its batch over the threads: 22 to 30 against 17 GB/s over 135M's matrices on 2 cores
     (benchmarks/matvec_bandwidth.py). Wide outputs split one block per thread, narrow ones in
-    blocks 32 columns wide (measured best); small matrices are bound by each call's cost: kept."""
+    blocks 32 columns wide, which one core also reads faster than one mm (measured best; with one
+    thread "wide" starts higher and the head stays whole); small matrices are bound by each call's
+    cost: kept."""
     rows, cols = matrix.shape
     threads = torch.get_num_threads()
-    blocks = threads if cols >= 2048 else cols // 32
-    if threads < 2 or rows * cols < 1 << 18 or blocks < 2 or cols % blocks or matrix.device.type != "cpu":
+    blocks = threads if cols >= (2048 if threads > 1 else 4096) else cols // 32
+    if rows * cols < 1 << 18 or blocks < 2 or cols % blocks or matrix.device.type != "cpu":
         return matrix
     return matrix.view(rows, blocks, cols // blocks).transpose(0, 1).contiguous()
 
