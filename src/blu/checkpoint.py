@@ -111,6 +111,9 @@ def _read_tensors(path: Path, expected: dict) -> tuple[dict, dict]:
         raise BluError(f"{path} is missing") from None
     except (SafetensorError, OSError, ValueError) as error:
         raise BluError(f"{path} is truncated or corrupt ({error})") from None
+    except RuntimeError as error:  # safe_open sizes the file apart from reading its header: a
+        # rename between the two (training saving while `blu serve` reloads) reads as a bad size
+        raise BluError(f"{path} was replaced while it was read, or is corrupt ({error})") from None
 
 
 VOCAB_ROWS = ("tok_embeddings.weight", "output.weight")  # one row per token
