@@ -83,14 +83,15 @@ def test_weights_replaced_while_read_are_a_one_line_error(tmp_path):
     from blu.checkpoint import load_weights, save_model
     from blu.config import ModelConfig
 
-    model = Transformer(ModelConfig(vocab_size=65, dim=32, n_layer=1, n_head=2, n_kv_head=2, hidden_dim=64))
+    shape = dict(vocab_size=65, dim=32, n_layer=1, n_head=2, n_kv_head=2, hidden_dim=64)
+    model = Transformer(ModelConfig(**shape))
     path = tmp_path / "model.safetensors"
     save_model(path, model)
     saver = subprocess.Popen([sys.executable, "-c", f"""
 from blu.checkpoint import write_tensors, model_tensors
 from blu.config import ModelConfig
 from blu.model import Transformer
-tensors = model_tensors(Transformer(ModelConfig(vocab_size=65, dim=32, n_layer=1, n_head=2, n_kv_head=2, hidden_dim=64)))
+tensors = model_tensors(Transformer(ModelConfig(**{shape!r})))
 for i in range(1_000_000):  # headers of two lengths, as the step in a save's metadata grows
     write_tensors({str(path)!r}, tensors, {{"step": "9" * (i % 2) * 8}})
 """])
