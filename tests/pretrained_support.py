@@ -29,7 +29,11 @@ def llama_style_tokenizer(text: str, vocab_size: int = 400) -> Tokenizer:
     vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"<0x{b:02X}>": 3 + b for b in range(256)}}
     for token in sorted(model["vocab"], key=model["vocab"].get):
         vocab.setdefault(token, len(vocab))
-    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    # As transformers' SentencePiece conversion writes them: every split of every token into two
+    # tokens, in the order of the token they make (its score: here, its id), then of their ids.
+    merges = [(token[:k], token[k:]) for token in sorted(vocab, key=vocab.get) for k in range(1, len(token))
+              if token[:k] in vocab and token[k:] in vocab and vocab[token] >= 259]
+    merges.sort(key=lambda m: (vocab[m[0] + m[1]], vocab[m[0]], vocab[m[1]]))
     tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", byte_fallback=True, fuse_unk=True))
     tokenizer.add_special_tokens(["<unk>", "<s>", "</s>"])
     tokenizer.normalizer = trained.normalizer

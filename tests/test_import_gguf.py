@@ -120,6 +120,23 @@ def test_what_blu_cannot_import_from_gguf_is_refused(bpe_run, cli, tmp_path):
     assert code == 2 and "not a GGUF file" in err and not (tmp_path / "run").exists()
 
 
+def assert_llama_cpp_runs_as_blu(llm, cli, run, model, ours, text: str, tokens: int) -> None:
+    """llama.cpp's logits on `text` within 1e-3 of blu's model, and its greedy continuation blu generate's text."""
+    ids = ours.encode(text)
+    llm.eval(ids)
+    with torch.no_grad():
+        assert np.abs(model(torch.tensor([ids]))[0].numpy() - np.asarray(llm.scores[: len(ids)])).max() < 1e-3
+    llm.reset()
+    greedy = []
+    for token in llm.generate(ids, temp=0.0, repeat_penalty=1.0):
+        if token in ours.stop_ids or len(greedy) == tokens:
+            break
+        greedy.append(token)
+    code, out, _ = cli("generate", "--run", run, "--prompt", ours.decode(ids), "--max-new-tokens", tokens,
+                       "--temperature", 0)
+    assert code == 0 and out.rstrip("\n") == ours.decode(ids + greedy)
+
+
 def test_an_imported_model_exports_to_a_gguf_llama_cpp_runs_as_blu_does(tmp_path, cli, shakespeare):
     """Guards against the GGUF export of an imported run naming the wrong pre-tokenizer, losing a special
     token's type, the start token or the chat template, or giving llama.cpp other logits or text."""
@@ -145,30 +162,54 @@ def test_an_imported_model_exports_to_a_gguf_llama_cpp_runs_as_blu_does(tmp_path
                  "  x\t\ty  \r\n"]:
         assert llm.tokenize(text.encode(), add_bos=False, special=False) == ours.encode(text), text
     assert llm.tokenize(b"<|im_start|>", add_bos=False, special=True) == [1]  # a CONTROL token, as in the checkpoint
-    ids = ours.encode("KING RICHARD: Now is the winter of our discontent, 1485")
-    llm.eval(ids)
-    with torch.no_grad():
-        logits = model(torch.tensor([ids]))[0].numpy()
-    assert np.abs(np.asarray(llm.scores[: len(ids)]) - logits).max() < 1e-3
-    llm.reset()
-    greedy = []
-    for token in llm.generate(ids, temp=0.0, repeat_penalty=1.0):
-        if token in ours.stop_ids or len(greedy) == 40:
-            break
-        greedy.append(token)
-    code, text, _ = cli("generate", "--run", tmp_path / "run", "--prompt", ours.decode(ids), "--max-new-tokens", 40,
-                        "--temperature", 0)
-    assert code == 0 and text.rstrip("\n") == ours.decode(ids + greedy)
+    assert_llama_cpp_runs_as_blu(llm, cli, tmp_path / "run", model, ours,
+                                 "KING RICHARD: Now is the winter of our discontent, 1485", 40)
 
 
-def test_an_imported_tokenizer_llama_cpp_would_split_otherwise_is_refused(tmp_path, cli, shakespeare):
-    """Guards against a GGUF export whose tokenizer llama.cpp reads differently (SentencePiece style here)."""
+def test_a_sentencepiece_style_import_exports_to_a_gguf_llama_cpp_runs_as_blu_does(tmp_path, cli, shakespeare):
+    """Guards against the GGUF export of a Llama 2-style run (`▁` for spaces, byte fallback, <s>
+    first) scoring its tokens so that llama.cpp joins pieces in another order, typing its byte,
+    unknown or start tokens wrongly, or giving llama.cpp other logits or text; and against an
+    export that blu's own import of it reads otherwise."""
+    import gguf
     from pretrained_support import llama_style_tokenizer, write_llama_folder
 
     write_llama_folder(tmp_path / "hf", llama_style_tokenizer(shakespeare.read_text(encoding="utf-8")[:100_000]), "llama")
     assert cli("import", "--from", tmp_path / "hf", "--out", tmp_path / "run")[0] == 0
     code, _, err = cli("export", "--run", tmp_path / "run", "--format", "gguf", "--out", tmp_path / "m.gguf")
-    assert code == 2 and "SentencePiece" in err and len(err.strip().splitlines()) == 1
+    assert code == 0, err
+    fields = gguf.GGUFReader(tmp_path / "m.gguf").fields
+    assert {name: fields[f"tokenizer.ggml.{name}"].contents() for name in (
+        "model", "add_space_prefix", "add_bos_token", "bos_token_id", "eos_token_id", "unknown_token_id")} == {
+        "model": "llama", "add_space_prefix": True, "add_bos_token": True, "bos_token_id": 1, "eos_token_id": 2,
+        "unknown_token_id": 0}
+    _, model, ours = load_run(tmp_path / "run")
+    _, _, reimported = imported(cli, tmp_path, tmp_path / "m.gguf")
+    llm = llama_cpp.Llama(str(tmp_path / "m.gguf"), n_ctx=128, logits_all=True, n_threads=2, verbose=False)
+    texts = ["ROMEO: But soft, what light through yonder window breaks?", "  two spaces, a\ttab\r\nand CRLF",
+             "emoji 😀, 日本語, combining e\u0301, a BOM \ufeff", "<s> typed as text </s>", " leading space", "",
+             shakespeare.read_text(encoding="utf-8")[200_000:203_000]]
+    for text in texts:
+        assert llm.tokenize(text.encode(), add_bos=True, special=False) == ours.encode(text) == reimported.encode(text)
+    text = "KING RICHARD: Now is the winter of our discontent 😀"
+    assert llm.detokenize(ours.encode(text)).decode() == text
+    assert_llama_cpp_runs_as_blu(llm, cli, tmp_path / "run", model, ours, text, 30)
+
+
+def test_a_sentencepiece_style_tokenizer_llama_cpp_would_join_otherwise_is_refused(tmp_path, cli, shakespeare):
+    """Guards against a GGUF export whose scores cannot give the tokenizer's merges: one merge is
+    missing here, so llama.cpp (which joins every split of a token) would make a token blu cannot."""
+    import json
+
+    from pretrained_support import llama_style_tokenizer, write_llama_folder
+    from tokenizers import Tokenizer
+
+    data = json.loads(llama_style_tokenizer(shakespeare.read_text(encoding="utf-8")[:100_000]).to_str())
+    data["model"]["merges"].pop()
+    write_llama_folder(tmp_path / "hf", Tokenizer.from_str(json.dumps(data)), "llama")
+    assert cli("import", "--from", tmp_path / "hf", "--out", tmp_path / "run")[0] == 0
+    code, _, err = cli("export", "--run", tmp_path / "run", "--format", "gguf", "--out", tmp_path / "m.gguf")
+    assert code == 2 and "merges are not every split" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "m.gguf").exists()
 
 

@@ -1,5 +1,6 @@
 """Every blu tokenizer as llama.cpp's byte-level BPE (tokenizer model `gpt2`, pre-tokenizer
-`gpt-2`), giving the same token ids as blu on any text its vocabulary covers.
+`gpt-2`), and an imported SentencePiece-style one as llama.cpp's `llama` tokenizer, giving the
+same token ids as blu on any text its vocabulary covers.
 
 llama.cpp splits text with GPT-2's regex, writes each piece in GPT-2's byte-to-character map,
 starts from one symbol per byte, applies the merges in rank order, and looks the resulting
@@ -22,6 +23,12 @@ symbols up in the token list (a symbol that is no token is dropped).
 - `hf` (an imported checkpoint's tokenizer.json): written as it is when it is a byte-level BPE
   with a pre-tokenizer llama.cpp has a name for (pretrained_vocab); its start and end tokens,
   whether it begins texts with the start token, and its chat template go with it.
+- `hf` in SentencePiece's style (Llama 2, TinyLlama, llama2.c's stories: `▁` for spaces, byte
+  fallback): llama.cpp's `llama` tokenizer keeps a score per token instead of merges
+  (tokenizers/llama_cpp.py's `sentencepiece_merges`). Each token a merge makes scores minus the
+  rank of the first merge that makes it, so llama.cpp joins pieces in the tokenizer's order when
+  the merges are every split of every token into two, grouped by the token they make, as
+  transformers' SentencePiece conversion writes them; other merges are refused.
 """
 
 from dataclasses import dataclass
@@ -34,9 +41,11 @@ from ..chat_template import ChatFormat
 from ..errors import BluError
 from ..tokenizers import UNK
 from ..tokenizers.bytelevel import END_OF_TEXT, gpt2_byte_map
-from ..tokenizers.llama_cpp import PRE_TOKENIZERS, pre_tokenizer_name
+from ..tokenizers.llama_cpp import PRE_TOKENIZERS, pre_tokenizer_name, sentencepiece_merges, sentencepiece_space_prefix
 
 NORMAL, CONTROL, USER_DEFINED = gguf.TokenType.NORMAL, gguf.TokenType.CONTROL, gguf.TokenType.USER_DEFINED
+UNKNOWN, BYTE = gguf.TokenType.UNKNOWN, gguf.TokenType.BYTE
+BYTE_TOKENS = [f"<0x{b:02X}>" for b in range(256)]  # SentencePiece's byte-fallback tokens
 SPECIALS = (END_OF_TEXT, IM_START, IM_END)  # blu's own special tokens (the ChatML ones a chat fine-tune adds)
 
 # llama.cpp requires a merges list for `gpt2` and gguf's writer cannot write an empty one, so a
@@ -71,13 +80,19 @@ class GGUFVocab:
     add_bos: bool = False  # blu trains with no beginning-of-text token; an imported tokenizer says
     eot: int | None = None  # a second id generation stops at (an imported chat model's end of turn)
     chat_template: str | None = None
+    scores: list[float] | None = None  # a `llama` (SentencePiece-style) tokenizer's, in place of merges
+    space_prefix: bool = True  # `llama` only: a space put before the text
 
     def write(self, writer: gguf.GGUFWriter) -> None:
-        writer.add_tokenizer_model("gpt2")
+        writer.add_tokenizer_model("gpt2" if self.scores is None else "llama")
         writer.add_tokenizer_pre(self.pre)
         writer.add_token_list(self.tokens)
         writer.add_token_types(self.types)
-        writer.add_token_merges(self.merges or [INERT_MERGE])
+        if self.scores is None:
+            writer.add_token_merges(self.merges or [INERT_MERGE])
+        else:
+            writer.add_token_scores(self.scores)
+            writer.add_add_space_prefix(self.space_prefix)
         for index, add in ((self.bos, writer.add_bos_token_id), (self.eos, writer.add_eos_token_id),
                            (self.unk, writer.add_unk_token_id), (self.eot, writer.add_eot_token_id)):
             if index is not None:
@@ -173,9 +188,11 @@ def pretrained_vocab(tokenizer) -> GGUFVocab:
     data = tokenizer.original
     model, decoder = data.get("model", {}), data.get("decoder") or {}
     decoders = decoder.get("decoders", [decoder]) if decoder.get("type") == "Sequence" else [decoder]
+    if model.get("type") == "BPE" and model.get("byte_fallback"):
+        return sentencepiece_vocab(tokenizer, data)
     if model.get("type") != "BPE" or [d.get("type") for d in decoders] != ["ByteLevel"]:
         raise BluError("GGUF export of an imported tokenizer needs a byte-level BPE (a BPE model with the ByteLevel "
-                       "decoder); SentencePiece-style tokenizers are not supported yet: use --format hf")
+                       "decoder) or a SentencePiece-style BPE with byte fallback: use --format hf")
     pre = pre_tokenizer_name(data)
     if pre is None:
         raise BluError(f"tokenizer.json's pre-tokenizer is none that llama.cpp names ({', '.join(PRE_TOKENIZERS)}), "
@@ -195,8 +212,52 @@ def pretrained_vocab(tokenizer) -> GGUFVocab:
     tokens = _ordered_tokens(tokenizer.hf)
     added = {t["id"]: t.get("special", False) for t in data.get("added_tokens", [])}
     types = [(CONTROL if added[i] else USER_DEFINED) if i in added else NORMAL for i in range(len(tokens))]
+    return GGUFVocab(tokens, types, _merges(data), pre=pre, **_imported_ids(tokenizer))
+
+
+def _imported_ids(tokenizer) -> dict:
+    """An imported tokenizer's start and stop tokens, whether texts begin with the start token, and its template."""
     others = [i for i in tokenizer.stop_ids if i != tokenizer.end_id]
     if len(others) > 1:
         raise BluError(f"the tokenizer stops at {len(others) + 1} ids; a GGUF file can name two (eos and eot)")
-    return GGUFVocab(tokens, types, _merges(data), bos=tokenizer.bos_id, eos=tokenizer.end_id, pre=pre,
-                     add_bos=tokenizer.add_bos, eot=others[0] if others else None, chat_template=tokenizer.chat_template)
+    return dict(bos=tokenizer.bos_id, eos=tokenizer.end_id, add_bos=tokenizer.add_bos, eot=others[0] if others else None,
+                chat_template=tokenizer.chat_template)
+
+
+def sentencepiece_vocab(tokenizer, data: dict) -> GGUFVocab:
+    """An imported SentencePiece-style tokenizer.json as llama.cpp's `llama` tokenizer (see the module
+    docstring); anything llama.cpp would tokenize differently is refused by name."""
+    model = data["model"]
+    space_prefix = sentencepiece_space_prefix(data)
+    tokens = _ordered_tokens(tokenizer.hf)
+    differences = {
+        "a normalizer or decoder other than SentencePiece's (spaces as ▁, a space put before the text or not)":
+            space_prefix is None,
+        "a pre-tokenizer": data.get("pre_tokenizer") is not None,
+        "dropout, subword prefixes or suffixes or ignore_merges":
+            bool(model.get("dropout") or model.get("continuing_subword_prefix") or model.get("end_of_word_suffix")
+                 or model.get("ignore_merges")),
+        "an added token that strips spaces around it": any(t.get("lstrip") or t.get("rstrip")
+                                                            for t in data.get("added_tokens", [])),
+        "not all 256 byte-fallback tokens <0x00> to <0xFF>": not set(BYTE_TOKENS) <= set(tokens),
+    }
+    for what, differs in differences.items():
+        if differs:
+            raise BluError(f"tokenizer.json has {what}, which llama.cpp's llama tokenizer cannot reproduce")
+    merges = [tuple(m.split(" ")) for m in _merges(data)]
+    first_rank = {}
+    for rank, (left, right) in enumerate(merges):
+        first_rank.setdefault(left + right, rank)
+    scores = [-float(first_rank.get(token, 0)) for token in tokens]
+    llama_cpps = sentencepiece_merges(tokens, scores)
+    if set(llama_cpps) != set(merges) or [a + b for a, b in llama_cpps] != [a + b for a, b in merges]:
+        raise BluError("tokenizer.json's merges are not every split of its tokens into two, grouped by the token they "
+                       "make (as SentencePiece conversions write them), so llama.cpp would join pieces otherwise: "
+                       "use --format hf")
+    added = {t["id"]: t.get("special", False) for t in data.get("added_tokens", [])}
+    unk = tokenizer.hf.token_to_id(model["unk_token"]) if model.get("unk_token") else None
+    bytes_ = set(BYTE_TOKENS)
+    types = [UNKNOWN if i == unk else BYTE if token in bytes_ else (CONTROL if added[i] else USER_DEFINED) if i in added
+             else NORMAL for i, token in enumerate(tokens)]
+    return GGUFVocab(tokens, types, [], unk=unk, pre="default", scores=scores, space_prefix=space_prefix,
+                     **_imported_ids(tokenizer))

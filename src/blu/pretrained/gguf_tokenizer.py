@@ -5,10 +5,9 @@ llama.cpp's ids.
   (tokenizers/llama_cpp.py); a name it does not know is refused.
 - `llama` (SentencePiece-style BPE, as Llama 2, TinyLlama and llama2.c's stories models): no
   merges are stored, only a score per token. llama.cpp puts `▁` for every space (and one before
-  the text, unless `add_space_prefix` is false), then repeatedly joins the neighbouring pair
-  whose joined piece is a token of the highest score, and spells what no token covers as its
-  `<0xNN>` byte tokens. That is a BPE whose merges are every split of every token into two
-  tokens, ranked by the joined token's score, with byte fallback: built so here.
+  the text, unless `add_space_prefix` is false), then joins pieces by the tokens' scores
+  (tokenizers/llama_cpp.py's `sentencepiece_merges`: a BPE's merges) and spells what no token
+  covers as its `<0xNN>` byte tokens: a BPE with byte fallback, built so here.
 Control and unknown tokens become special tokens (text never makes them, blu's policy), user
 defined ones plain added tokens (text always makes them, as in llama.cpp).
 """
@@ -17,12 +16,12 @@ import json
 from pathlib import Path
 
 import gguf
-from tokenizers import AddedToken, decoders, models, normalizers
+from tokenizers import AddedToken, decoders, models
 from tokenizers import Tokenizer as HFTokenizer
 
 from ..errors import BluError
-from ..tokenizers.llama_cpp import PRE_TOKENIZERS, pre_tokenizer
-from ..tokenizers.pretrained import SENTENCEPIECE_SPACE, PretrainedTokenizer
+from ..tokenizers.llama_cpp import PRE_TOKENIZERS, pre_tokenizer, sentencepiece_merges, sentencepiece_text_steps
+from ..tokenizers.pretrained import PretrainedTokenizer
 
 T = gguf.TokenType
 
@@ -71,17 +70,9 @@ def _sentencepiece(path: Path, meta: dict, tokens: list[str], types: list) -> HF
     if meta.get("tokenizer.ggml.merges"):
         raise BluError(f"{path}: a llama (SentencePiece) tokenizer with merges is not supported")
     vocab = {t: i for i, t in enumerate(tokens)}
-    mergeable = set(tokens)  # llama.cpp joins into any token by its text, whatever its type
-    pairs = [(scores[vocab[t]], vocab[t], t[:k], t[k:]) for t in mergeable for k in range(1, len(t))
-             if t[:k] in mergeable and t[k:] in mergeable]
-    pairs.sort(key=lambda p: (-p[0], p[1], len(p[2])))  # the best joined piece first
     unk = meta.get("tokenizer.ggml.unknown_token_id")
-    built = HFTokenizer(models.BPE(vocab=vocab, merges=[(left, right) for _, _, left, right in pairs],
+    built = HFTokenizer(models.BPE(vocab=vocab, merges=sentencepiece_merges(tokens, scores),
                                    unk_token=None if unk is None else tokens[int(unk)],
                                    byte_fallback=T.BYTE in types, fuse_unk=True))
-    prefix = meta.get("tokenizer.ggml.add_space_prefix", True)
-    replace = normalizers.Replace(" ", SENTENCEPIECE_SPACE)
-    built.normalizer = normalizers.Sequence([normalizers.Prepend(SENTENCEPIECE_SPACE), replace]) if prefix else replace
-    steps = [decoders.Replace(SENTENCEPIECE_SPACE, " "), decoders.ByteFallback(), decoders.Fuse()]
-    built.decoder = decoders.Sequence(steps + ([decoders.Strip(" ", 1, 0)] if prefix else []))
+    built.normalizer, built.decoder = sentencepiece_text_steps(bool(meta.get("tokenizer.ggml.add_space_prefix", True)))
     return built

@@ -1,16 +1,22 @@
-"""llama.cpp's byte-level BPE pre-tokenizers (GGUF's `tokenizer.ggml.pre`), by name, as the
-`tokenizers` steps that split text the way llama.cpp does (src/llama-vocab.cpp's regexes).
+"""How llama.cpp tokenizes (src/llama-vocab.cpp), in `tokenizers`' terms:
 
-Both directions use it: importing a GGUF file builds its tokenizer.json from the name
-(pretrained/gguf.py), and exporting an imported run names its tokenizer.json's pre-tokenizer
-(export/gguf_vocab.py), refusing one that is not here rather than writing a file llama.cpp
-would split differently.
+- its byte-level BPE pre-tokenizers (GGUF's `tokenizer.ggml.pre`), by name, as the steps that
+  split text the way llama.cpp's regexes do;
+- its `llama` (SentencePiece-style) tokenizer's merges, which it keeps as a score per token.
+
+Both directions use it: importing a GGUF file builds its tokenizer.json from these
+(pretrained/gguf_tokenizer.py), and exporting an imported run names its tokenizer.json's
+pre-tokenizer or checks that its merges are the ones llama.cpp would apply
+(export/gguf_vocab.py), refusing what is not here rather than writing a file llama.cpp
+would tokenize differently.
 """
 
 import json
 
-from tokenizers import Regex, models, pre_tokenizers
+from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers
 from tokenizers import Tokenizer as HFTokenizer
+
+from .pretrained import SENTENCEPIECE_SPACE
 
 
 def _gpt2_split():
@@ -43,10 +49,10 @@ def _comparable(step):
     return step
 
 
-def _as_json(step) -> dict:
+def _as_json(step, part: str = "pre_tokenizer") -> dict:
     holder = HFTokenizer(models.BPE())
-    holder.pre_tokenizer = step
-    return json.loads(holder.to_str())["pre_tokenizer"]
+    setattr(holder, part, step)
+    return json.loads(holder.to_str())[part]
 
 
 def pre_tokenizer_name(tokenizer_json: dict) -> str | None:
@@ -59,4 +65,36 @@ def pre_tokenizer_name(tokenizer_json: dict) -> str | None:
     for name in PRE_TOKENIZERS:
         if name != "default" and _comparable(_as_json(pre_tokenizer(name))) == wanted:
             return name
+    return None
+
+
+def sentencepiece_merges(tokens: list[str], scores: list[float]) -> list[tuple[str, str]]:
+    """The merges of llama.cpp's `llama` tokenizer as a BPE's ranked merges. llama.cpp starts from
+    one symbol per character and repeatedly joins the neighbouring pair whose joined text is a
+    token (of any type) of the highest score: every split of every token into two tokens is a
+    merge, ranked by the joined token's score (then its id, then the shorter left side)."""
+    ids = {token: i for i, token in enumerate(tokens)}
+    pairs = [(scores[i], i, token[:k], token[k:]) for token, i in ids.items() for k in range(1, len(token))
+             if token[:k] in ids and token[k:] in ids]
+    pairs.sort(key=lambda p: (-p[0], p[1], len(p[2])))
+    return [(left, right) for _, _, left, right in pairs]
+
+
+def sentencepiece_text_steps(space_prefix: bool):
+    """The normalizer and decoder of llama.cpp's `llama` tokenizer: every space written as `▁`, one
+    put before the text when `space_prefix` (GGUF's add_space_prefix), and taken off it when decoded."""
+    replace = normalizers.Replace(" ", SENTENCEPIECE_SPACE)
+    normalizer = normalizers.Sequence([normalizers.Prepend(SENTENCEPIECE_SPACE), replace]) if space_prefix else replace
+    steps = [decoders.Replace(SENTENCEPIECE_SPACE, " "), decoders.ByteFallback(), decoders.Fuse()]
+    return normalizer, decoders.Sequence(steps + ([decoders.Strip(" ", 1, 0)] if space_prefix else []))
+
+
+def sentencepiece_space_prefix(tokenizer_json: dict) -> bool | None:
+    """Whether a tokenizer.json's normalizer and decoder are llama.cpp's `llama` ones with the space
+    put before the text (True) or without it (False); None if they are neither."""
+    found = (tokenizer_json.get("normalizer"), tokenizer_json.get("decoder"))
+    for space_prefix in (True, False):
+        normalizer, decoder = sentencepiece_text_steps(space_prefix)
+        if (_as_json(normalizer, "normalizer"), _as_json(decoder, "decoder")) == found:
+            return space_prefix
     return None
