@@ -206,20 +206,29 @@ def test_a_sentencepiece_style_import_exports_to_a_gguf_llama_cpp_runs_as_blu_do
     assert_llama_cpp_runs_as_blu(llm, cli, tmp_path / "run", model, ours, text, 30)
 
 
-def test_a_sentencepiece_style_tokenizer_llama_cpp_would_join_otherwise_is_refused(tmp_path, cli, shakespeare):
+@pytest.mark.parametrize("change, message", [("missing", "merges are not every split"),
+                                             ("apart", "merges that make 'to▁' are ranked apart")])
+def test_a_sentencepiece_style_tokenizer_llama_cpp_would_join_otherwise_is_refused(tmp_path, cli, shakespeare, change,
+                                                                                   message):
     """Guards against a GGUF export whose scores cannot give the tokenizer's merges: one merge is
-    missing here, so llama.cpp (which joins every split of a token) would make a token blu cannot."""
+    missing (llama.cpp, which joins every split of a token, would make a token blu cannot), or one
+    that makes `to▁` is ranked last, so that blu keeps "to" and "▁" apart in "ato b" where llama.cpp
+    would join them."""
     import json
 
     from pretrained_support import llama_style_tokenizer, write_llama_folder
     from tokenizers import Tokenizer
 
     data = json.loads(llama_style_tokenizer(shakespeare.read_text(encoding="utf-8")[:100_000]).to_str())
-    data["model"]["merges"].pop()
+    merges = data["model"]["merges"]
+    if change == "apart":
+        merges.append(merges.pop(merges.index(["t", "o▁"])))
+    else:
+        merges.pop()
     write_llama_folder(tmp_path / "hf", Tokenizer.from_str(json.dumps(data)), "llama")
     assert cli("import", "--from", tmp_path / "hf", "--out", tmp_path / "run")[0] == 0
     code, _, err = cli("export", "--run", tmp_path / "run", "--format", "gguf", "--out", tmp_path / "m.gguf")
-    assert code == 2 and "merges are not every split" in err and len(err.strip().splitlines()) == 1
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "m.gguf").exists()
 
 
